@@ -1,0 +1,1 @@
+from . import tagging  # noqa: F401  (registers the taggers)
