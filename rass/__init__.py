@@ -1,6 +1,7 @@
 """RASS: restoration-adapted semantic segmentation. Importing the package registers its
 datasets, dataset mappers, backbones, meta-architectures, heads and taggers with detectron2."""
 from . import data  # noqa: F401  (registers datasets and mappers)
+from . import checkpoint, engine, evaluation, solver  # noqa: F401
 from . import modeling  # noqa: F401  (registers backbones, heads, meta-architectures, taggers)
 from .config import add_rass_config, setup_cfg
 

@@ -20,3 +20,23 @@ def _seed_everything():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A small generated ADE20K-format dataset (24 train / 6 val images, 128..224 px)."""
+    from rass.data.synthetic import make_synthetic_ade20k
+
+    root = str(tmp_path_factory.mktemp("synthetic_ade20k"))
+    make_synthetic_ade20k(root, seed=123, num_train=24, num_val=6, min_size=128, max_size=224, progress=False)
+    return root
+
+
+@pytest.fixture
+def synthetic_env(synthetic_root, monkeypatch):
+    """Point the `synthetic_sem_seg_*` datasets at the generated data (also for subprocesses)."""
+    monkeypatch.setenv("RASS_SYNTHETIC_ROOT", synthetic_root)
+    return synthetic_root
