@@ -6,6 +6,9 @@
     python train_net.py --config-file ... --resume            # continue from OUTPUT_DIR/last_checkpoint
 Any `KEY VALUE` pairs after the flags override the config.
 """
+import os
+
+import torch
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -18,6 +21,9 @@ from rass.engine import Trainer
 def setup(args):
     """Config from `--config-file` + trailing overrides, then detectron2's logging/seeding/dump."""
     cfg = setup_cfg(args.config_file, args.opts)
+    if cfg.MODEL.DEVICE == "cpu" and comm.get_local_size() > 1:
+        # processes on one CPU machine share its cores (oversubscribed OpenMP threads thrash)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="rass")
     return cfg

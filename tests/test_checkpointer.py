@@ -1,0 +1,43 @@
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from rass.checkpoint import RASSCheckpointer
+
+
+def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
+    model = nn.Linear(3, 2)
+    ck = RASSCheckpointer(model, str(tmp_path))
+    ck.save("model_0000001")
+    good = (tmp_path / "model_0000001.pth").read_bytes()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+
+    real_save = torch.save
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with torch.no_grad():
+        model.weight.add_(1)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save("model_0000001")
+    with pytest.raises(KeyboardInterrupt):
+        ck.save("model_0000002")
+    monkeypatch.setattr(torch, "save", real_save)
+    assert (tmp_path / "model_0000001.pth").read_bytes() == good
+    assert not (tmp_path / "model_0000002.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
+
+
+def test_load_roundtrip_and_missing_file(tmp_path):
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    RASSCheckpointer(a, str(tmp_path)).save("m")
+    RASSCheckpointer(b).load(str(tmp_path / "m.pth"))
+    assert torch.equal(a.weight, b.weight)
+    with pytest.raises(FileNotFoundError, match=f"MODEL.WEIGHTS.*{tmp_path / 'missing.pth'}"):
+        RASSCheckpointer(b).load(str(tmp_path / "missing.pth"))
