@@ -40,3 +40,12 @@ def synthetic_env(synthetic_root, monkeypatch):
     """Point the `synthetic_sem_seg_*` datasets at the generated data (also for subprocesses)."""
     monkeypatch.setenv("RASS_SYNTHETIC_ROOT", synthetic_root)
     return synthetic_root
+
+
+def load_manifest(name: str) -> dict:
+    """A released-model manifest (`name` as in tests/reference/manifests, without `.gz`)."""
+    import gzip
+    import json
+
+    with gzip.open(os.path.join(REPO, "tests", "reference", "manifests", name + ".gz"), "rt") as f:
+        return json.load(f)
