@@ -279,9 +279,9 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.RASS.SLIDING_WINDOW = CN()
     # Test-time sliding-window feature extraction (as released); training always uses the whole image.
     cfg.MODEL.RASS.SLIDING_WINDOW.ENABLED = True
-    # Square window side in pixels (0 = the input's short side, as released); a multiple of 64.
+    # Square window side in pixels (0 = the input's short side, as released); a multiple of 32 (the largest stride).
     cfg.MODEL.RASS.SLIDING_WINDOW.SIZE = 0
-    # Window stride in pixels (0 = the window side, as released); a multiple of 64.
+    # Window stride in pixels (0 = the window side, as released); a multiple of 32.
     cfg.MODEL.RASS.SLIDING_WINDOW.STRIDE = 0
     # Windows run through the backbone together in one batch.
     cfg.MODEL.RASS.SLIDING_WINDOW.BATCH_SIZE = 4

@@ -1,1 +1,6 @@
 from . import tagging  # noqa: F401  (registers the taggers)
+from . import pixel_decoder  # noqa: F401  (registers MSDeformAttnPixelDecoder)
+from . import transformer_decoder  # noqa: F401  (registers MultiScaleMaskedTransformerDecoder)
+from . import meta_arch  # noqa: F401  (registers the "MaskFormer" meta-architecture and "MaskFormerHead")
+from . import backbone  # noqa: F401  (registers the "RASS" backbone)
+from .meta_arch import rass_model  # noqa: F401  (registers the "RASSMaskFormer" meta-architecture)

@@ -1,0 +1,5 @@
+"""Meta-architectures and segmentation heads."""
+from .mask_former import MaskFormer
+from .mask_former_head import MaskFormerHead
+
+__all__ = ["MaskFormer", "MaskFormerHead"]
