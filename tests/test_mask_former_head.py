@@ -1,7 +1,6 @@
 """Checkpoint compatibility of the Mask2Former head and its building blocks' conventions."""
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -11,23 +10,20 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_sem_seg_head
 
 from rass.config import setup_cfg
+from tests.conftest import load_manifest
 from rass.modeling.criterion import SetCriterion
 from rass.modeling.pixel_decoder import MSDeformAttn, build_pixel_decoder
 from rass.modeling.transformer_decoder import PositionEmbeddingSine, build_transformer_decoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R50 = os.path.join(ROOT, "configs", "ade20k", "semantic-segmentation", "maskformer2_R50_bs16_160k.yaml")
-MANIFEST = os.path.join(ROOT, "..", "shared", "reference", "manifests", "rass_full_manifest.json")
 # The RASS backbone's outputs: res2..res5, 512 channels each, strides 4..32.
 RASS_SHAPES = {f"res{i}": ShapeSpec(channels=512, stride=2**i) for i in range(2, 6)}
 
 
 @pytest.fixture(scope="module")
 def manifest():
-    if not os.path.isfile(MANIFEST):
-        pytest.skip(f"reference manifest not found: {MANIFEST}")
-    with open(MANIFEST) as f:
-        return json.load(f)
+    return load_manifest("rass_full_manifest.json")
 
 
 def test_head_and_criterion_names_and_shapes_match_released_model(manifest):

@@ -1,9 +1,7 @@
 """RAM / DAPE networks: names and shapes vs the published manifest, Swin, BERT head, LoRA."""
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import pytest
 import torch
@@ -15,9 +13,8 @@ from rass.modeling.tagging.lora import LoRALinear, MergedLoRALinear, is_lora_key
 from rass.modeling.tagging.ram import RAM, tied_weight_groups
 from rass.modeling.tagging.swin import PatchMerging, SwinBlock, SwinTransformer
 from rass.modeling.tagging.tiny import TINY_BERT
+from tests.conftest import load_manifest
 
-MANIFEST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "manifests",
-                        "ram_swin_large_manifest.json")
 TINY_SWIN = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=2)
 
 
@@ -45,10 +42,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def manifest():
-    if not os.path.isfile(MANIFEST):
-        pytest.skip(f"manifest not available: {MANIFEST}")
-    with open(MANIFEST, encoding="utf-8") as f:
-        return json.load(f)
+    return load_manifest("ram_swin_large_manifest.json")
 
 
 def _entries(model: torch.nn.Module):
