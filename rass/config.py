@@ -155,7 +155,7 @@ def _add_degradation_config(cfg: CN) -> None:
     p.SCALE = None
     # Odd blur-kernel sizes drawn uniformly (preset: 7, 9, ..., 21).
     p.KERNEL_RANGE = None
-    # Size every blur kernel is zero-padded to (preset: 21).
+    # Size the release zero-pads blur kernels to; bounds KERNEL_RANGE, no effect on the image (preset: 21).
     p.KERNEL_PAD_TO = None
     # Sinc cut-off range (radians) for kernel sizes below 13 (preset: [pi/3, pi]).
     p.SINC_OMEGA_SMALL = None
