@@ -105,3 +105,23 @@ def test_out_of_range_labels_are_named(broken_copy):
     mapper = SemanticDatasetMapper(_cfg(), is_train=True)
     with pytest.raises(ValueError, match=rf"{gt}.*\[150, 200\]"):
         mapper(DatasetCatalog.get("synthetic_sem_seg_train")[0])
+
+
+def test_worker_degradation_changes_image_not_label_and_keeps_clean(synthetic_env):
+    d = DatasetCatalog.get("synthetic_sem_seg_train")[2]
+    plain = SemanticDatasetMapper(_cfg("INPUT.SIZE_DIVISIBILITY", "192"), is_train=True)
+    deg = SemanticDatasetMapper(_cfg("INPUT.SIZE_DIVISIBILITY", "192", "INPUT.DEGRADATION.ENABLED", "True",
+                                     "INPUT.DEGRADATION.DEVICE", "worker", "INPUT.DEGRADATION.KEEP_CLEAN", "True"),
+                                is_train=True)
+    np.random.seed(7)
+    a = plain(d)
+    np.random.seed(7)
+    b = deg(d)
+    torch.testing.assert_close(b["sem_seg"], a["sem_seg"], rtol=0, atol=0)
+    torch.testing.assert_close(b["image_clean"], a["image"], rtol=0, atol=0)
+    assert b["image"].dtype == torch.uint8 and b["image"].shape == a["image"].shape
+    inside = a["sem_seg"] != 255
+    diff = (b["image"].float() - a["image"].float()).abs()[:, inside]
+    assert diff.mean() > 1.0  # the content is degraded
+    # the padding (value 128, label 255 beyond the 160 x 160 crop) is never degraded
+    assert (b["image"][:, 160:] == 128).all() and (b["image"][:, :, 160:] == 128).all()
