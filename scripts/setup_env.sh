@@ -18,7 +18,8 @@ stamp_of() {  # the inputs that define the environment
 }
 STAMP_FILE="$VENV/.rass-env-stamp"
 want=$(stamp_of)
-if [ -x "$PY" ] && [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE")" = "$want" ]; then
+if [ -x "$PY" ] && [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE")" = "$want" ] \
+   && [ "${RASS_MSDA_FORCE_CUDA:-0}" != "1" ]; then
   exit 0
 fi
 
@@ -31,14 +32,22 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 echo "[setup_env] installing pinned requirements (first run: a few minutes)"
 pip_install -r requirements.txt -c constraints.txt
 
-# Deformable attention kernel (CPU, plus CUDA when a GPU and nvcc are visible). Rebuilt when
-# missing; RASS falls back to pure PyTorch if it cannot be built, so a failure is only a warning.
-if ! "$PY" -c "import torch_ms_deform_attn._C" 2>/dev/null; then
-  echo "[setup_env] building torch-ms-deform-attn==$MSDA_VERSION (about a minute)"
+# Deformable attention kernel (CPU, plus CUDA when a GPU and nvcc are visible, or forced with
+# RASS_MSDA_FORCE_CUDA=1). Built here against the installed torch, never taken from pip's cache.
+# RASS falls back to pure PyTorch if it cannot be built, so a failure is only a warning.
+msda_ok='import torch_ms_deform_attn._C'
+if [ "${RASS_MSDA_FORCE_CUDA:-0}" = "1" ]; then
+  msda_ok='from torch_ms_deform_attn import _C; assert _C.with_cuda'
+fi
+if ! "$PY" -c "$msda_ok" 2>/dev/null; then
+  echo "[setup_env] building torch-ms-deform-attn==$MSDA_VERSION (one to several minutes)"
   site=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  # cuBLAS/cuSPARSE headers of the CUDA toolkit ship inside the torch wheels' nvidia packages
   export CPATH="$site/nvidia/cu13/include${CPATH:+:$CPATH}"
+  if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then export CUDA_HOME=/usr/local/cuda; fi
+  if [ -n "${CUDA_HOME:-}" ]; then export LIBRARY_PATH="$CUDA_HOME/lib64:$CUDA_HOME/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"; fi
   if [ "${RASS_MSDA_FORCE_CUDA:-0}" = "1" ]; then export FORCE_CUDA=1; fi
-  pip_install --no-build-isolation "torch-ms-deform-attn==$MSDA_VERSION" \
+  pip_install --no-build-isolation --no-cache-dir --force-reinstall --no-deps "torch-ms-deform-attn==$MSDA_VERSION" \
     || echo "[setup_env] WARNING: torch-ms-deform-attn did not build; the pure-PyTorch path will be used"
 fi
 
