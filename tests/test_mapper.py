@@ -125,3 +125,10 @@ def test_worker_degradation_changes_image_not_label_and_keeps_clean(synthetic_en
     assert diff.mean() > 1.0  # the content is degraded
     # the padding (value 128, label 255 beyond the 160 x 160 crop) is never degraded
     assert (b["image"][:, 160:] == 128).all() and (b["image"][:, :, 160:] == 128).all()
+
+
+def test_no_mapper_padding_when_the_model_degrades(synthetic_env):
+    cfg = _cfg("INPUT.SIZE_DIVISIBILITY", "192", "INPUT.DEGRADATION.ENABLED", "True", "INPUT.DEGRADATION.DEVICE", "model")
+    out = SemanticDatasetMapper(cfg, is_train=True)(DatasetCatalog.get("synthetic_sem_seg_train")[0])
+    assert out["image"].shape[1:] == (160, 160) and out["sem_seg"].shape == (160, 160)
+    assert "image_clean" not in out

@@ -86,6 +86,30 @@ def build_model_for_analysis(cfg, meta: bool = False) -> nn.Module:
 RASS_PAPER_PARAMS = (1788.7e6, 27.9e6)
 
 
+def _tagger_flops(tagger: nn.Module) -> int:
+    """FLOPs of one tagger pass (RAM-style taggers exposing `tag_logits` and `image_size`), else 0."""
+    if not (callable(getattr(tagger, "tag_logits", None)) and hasattr(tagger, "image_size")):
+        return 0
+    from fvcore.nn import FlopCountAnalysis
+
+    class TagLogits(nn.Module):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net.tag_logits(x)
+
+    ref = next(tagger.parameters())
+    x = torch.zeros(1, 3, tagger.image_size, tagger.image_size, device=ref.device, dtype=ref.dtype)
+    with torch.no_grad():
+        analysis = FlopCountAnalysis(TagLogits(tagger).eval(), (x,))
+        analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        return int(analysis.total())
+
+
 def rass_summary(model: nn.Module, total: int, trainable: int, flops: Dict[str, int]) -> Dict[str, Any]:
     """Paper comparison and per-part numbers of a model whose backbone is RASS (else {})."""
     backbone = getattr(model, "backbone", None)
@@ -99,6 +123,9 @@ def rass_summary(model: nn.Module, total: int, trainable: int, flops: Dict[str, 
         rows[part] = OrderedDict(params=n_all, trainable=n_train)
         if flops:
             rows[part]["flops"] = sum(flops.get(n, 0) for n in names)
+    tagger_flops = _tagger_flops(backbone.tagger) if flops else 0
+    if tagger_flops:
+        rows["tagger"]["flops"] = tagger_flops
     head_all, head_train = count_parameters(model, ["sem_seg_head"])
     rows["head"] = OrderedDict(params=head_all, trainable=head_train)
     if flops:
@@ -107,6 +134,9 @@ def rass_summary(model: nn.Module, total: int, trainable: int, flops: Dict[str, 
     print(f"RASS: total {total / 1e6:,.1f}M (paper {paper_total / 1e6:,.1f}M), trainable {trainable / 1e6:.2f}M "
           f"(paper {paper_trainable / 1e6:.1f}M); tagger {getattr(backbone, 'tagger_name', '?')!r}. The paper counts "
           "one tagger, the release's RAM with (never trained) LoRA adapters: +1.78M over the plain `ram` tagger.")
+    if tagger_flops:
+        print(f"RASS FLOPs incl. the tagger: {(flops.get('', 0) + tagger_flops) / 1e9:,.1f}G (the tagger's prompts "
+              f"are strings, so the traced graph above omits its {tagger_flops / 1e9:,.1f}G)")
     print("RASS parts: " + "; ".join(
         f"{k} {v['params'] / 1e6:,.1f}M" + (f" {v['flops'] / 1e9:,.1f} GFLOPs" if "flops" in v else "")
         for k, v in rows.items()))

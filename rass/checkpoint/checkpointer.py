@@ -9,13 +9,16 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from rass.utils.io import atomic_open
 
+from .release_loader import ReleaseFormatMixin
 
-class RASSCheckpointer(DetectionCheckpointer):
+
+class RASSCheckpointer(ReleaseFormatMixin, DetectionCheckpointer):
     """`DetectionCheckpointer` whose checkpoints and `last_checkpoint` tag are written atomically.
 
     A run killed while saving leaves the previous checkpoint and tag intact, so `--resume` always
     finds a complete file. Loading a local path that does not exist raises `FileNotFoundError`
-    naming it (detectron2 would assert).
+    naming it (detectron2 would assert). Released RASS checkpoints (`rass.pth`, release names) are
+    converted with `release_to_project_keys` before loading (`ReleaseFormatMixin`).
 
     Args:
         model: the model (possibly DDP-wrapped).

@@ -1,4 +1,5 @@
 from . import tagging  # noqa: F401  (registers the taggers)
 from . import pixel_decoder  # noqa: F401  (registers MSDeformAttnPixelDecoder)
 from . import transformer_decoder  # noqa: F401  (registers MultiScaleMaskedTransformerDecoder)
-from . import meta_arch  # noqa: F401  (registers the "MaskFormer" meta-architecture and "MaskFormerHead")
+from . import meta_arch  # noqa: F401  (registers "MaskFormer", "RASSMaskFormer", "MaskFormerHead")
+from . import backbone  # noqa: F401  (registers the "RASS" backbone)

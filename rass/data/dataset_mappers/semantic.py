@@ -35,7 +35,8 @@ class SemanticDatasetMapper:
         image_format: detectron2 image format ("RGB").
         ignore_label: label value of ignored pixels.
         num_classes: number of classes; label values must be < num_classes or == ignore_label.
-        size_divisibility: pad to a multiple of this (<= 0: no padding here).
+        size_divisibility: pad to a multiple of this (<= 0: no padding here; from_config disables
+            it when the model degrades the batch, so that padding is added after degradation).
         validate_labels: check label values of every loaded annotation.
         degradation: callable ``(list of C x H x W float 0..255 tensors, seeds) -> list`` run in the
             worker (None: no degradation here).
@@ -99,13 +100,17 @@ class SemanticDatasetMapper:
         dataset_names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
         ignore = MetadataCatalog.get(dataset_names[0]).get("ignore_label", 255) if dataset_names else 255
         degradation, keep_clean = _worker_degradation(cfg) if is_train else (None, False)
+        size_divisibility = cfg.INPUT.SIZE_DIVISIBILITY
+        deg_cfg = cfg.INPUT.get("DEGRADATION")
+        if is_train and deg_cfg is not None and deg_cfg.ENABLED and deg_cfg.DEVICE == "model":
+            size_divisibility = -1  # the model degrades the content first, then pads (never the padding)
         return {
             "is_train": is_train,
             "augmentations": augs,
             "image_format": cfg.INPUT.FORMAT,
             "ignore_label": ignore,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+            "size_divisibility": size_divisibility,
             "validate_labels": cfg.INPUT.VALIDATE_LABELS,
             "degradation": degradation,
             "keep_clean": keep_clean,

@@ -1,5 +1,6 @@
 """Meta-architectures and segmentation heads."""
 from .mask_former import MaskFormer
 from .mask_former_head import MaskFormerHead
+from .rass_model import RASSMaskFormer
 
-__all__ = ["MaskFormer", "MaskFormerHead"]
+__all__ = ["MaskFormer", "MaskFormerHead", "RASSMaskFormer"]
