@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = "configs/quickstart/tiny_semantic_fpn.yaml"
+DEFAULT_CONFIG = "configs/quickstart/tiny_rass.yaml"
 
 
 def main() -> int:
