@@ -178,10 +178,12 @@ class RASS(Backbone):
         self.projection.requires_grad_(True)
 
     def train(self, mode: bool = True) -> "RASS":
-        """Frozen parts (VAE, text encoder, tagger) always stay in eval mode."""
+        """Frozen networks (VAE, text encoder) always stay in eval mode; the tagger is told the mode
+        (its network stays in eval mode; it caches tags per image only outside training)."""
         super().train(mode)
-        for frozen in (self.vae, self.text_encoder, self.tagger):
+        for frozen in (self.vae, self.text_encoder):
             frozen.eval()
+        self.tagger.train(mode)
         return self
 
     def analysis_parts(self) -> Dict[str, List[str]]:

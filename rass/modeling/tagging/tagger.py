@@ -236,7 +236,7 @@ class RAMTagger(RAM, Tagger):
             raise ValueError(f"tagger expects images B x 3 x H x W in [0, 1], got shape {tuple(images.shape)}")
         n = int(images.shape[0])
         out: List[Optional[str]] = [None] * n
-        use_cache = self.cache_enabled and not self.training
+        use_cache = self.cache_enabled and not self.training and not torch.jit.is_tracing()
         keys = [self.fingerprint(images[i]) for i in range(n)] if use_cache else []
         todo = []
         for i in range(n):
