@@ -43,6 +43,32 @@ def test_preprocess_normalises_and_pads():
     assert torch.all(images.tensor[0, :, 40:] == 0) and torch.all(images.tensor[1, :, 33:] == 0)
 
 
+def test_model_side_degradation_degrades_unpadded_images_in_training_only():
+    deg = ["INPUT.DEGRADATION.ENABLED", "True", "INPUT.DEGRADATION.DEVICE", "model", "INPUT.DEGRADATION.SEED", "3"]
+    model = _model(*deg)
+    seen = []
+    real = model.degradation
+
+    def spy(images, seeds=None):
+        seen.extend(tuple(x.shape) for x in images)
+        return real(images, seeds)
+
+    model.degradation = spy
+    a, b = _sample(40, 50)["image"], _sample(33, 70, seed=1)["image"]
+    model.train()
+    images = model.preprocess_image([{"image": a}, {"image": b}])
+    assert seen == [(3, 40, 50), (3, 33, 70)]  # the content, before padding
+    norm = lambda x: (x.float() - model.pixel_mean) / model.pixel_std  # noqa: E731
+    assert (images.tensor[0, :, :40, :50] - norm(a)).abs().mean() > 0.05  # degraded
+    assert torch.all(images.tensor[0, :, 40:] == 0) and torch.all(images.tensor[1, :, 33:] == 0)  # padding untouched
+    torch.testing.assert_close(images.clean[0, :, :40, :50], a.float() / 255)  # clean kept (KEEP_CLEAN default)
+    model.eval()
+    seen.clear()
+    images = model.preprocess_image([{"image": a}])
+    assert seen == [] and images.clean is None
+    torch.testing.assert_close(images.tensor[0, :, :40, :50], norm(a))
+
+
 def test_prepare_targets_from_sem_seg_and_instances():
     model = _model()
     x = _sample(30, 40)

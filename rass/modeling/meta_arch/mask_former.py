@@ -7,12 +7,13 @@
                      --> sem_seg_postprocess back to the requested output size.
 
 `preprocess_image` and `extract_features` are the extension points: the former turns the
-dataset dicts into a normalised, padded batch; the latter calls the backbone (backbones that need
-more than the image tensor override it).
+dataset dicts into a normalised, padded batch (in training with INPUT.DEGRADATION.DEVICE "model",
+it first degrades each unpadded image on the model's device, batched by size); the latter calls
+the backbone (backbones that need more than the image tensor override it).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,10 @@ class MaskFormer(nn.Module):
             combining them (more memory) instead of resizing the combined scores.
         pixel_mean, pixel_std: per-channel normalisation `(image - mean) / std` of the 0..255 input.
         semantic_on: produce "sem_seg" outputs.
+        degradation: callable (list of unpadded C x H x W float 0..255 images) -> degraded list,
+            applied in training before normalisation and padding; None: no degradation here
+            (off, or done in the data-loader workers).
+        keep_clean: keep the clean images (in [0, 1], padded with 0) as `ImageList.clean`.
     """
 
     @configurable
@@ -58,6 +63,8 @@ class MaskFormer(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         semantic_on: bool = True,
+        degradation: Optional[Callable] = None,
+        keep_clean: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -73,6 +80,8 @@ class MaskFormer(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         self.semantic_on = semantic_on
+        self.degradation = degradation
+        self.keep_clean = keep_clean
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -94,7 +103,18 @@ class MaskFormer(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "semantic_on": test.SEMANTIC_ON,
+            **cls._degradation_from_config(cfg),
         }
+
+    @staticmethod
+    def _degradation_from_config(cfg) -> Dict:
+        """Model-side online degradation (INPUT.DEGRADATION with DEVICE "model")."""
+        d = cfg.INPUT.get("DEGRADATION")
+        if d is None or not d.ENABLED or d.DEVICE != "model":
+            return {}
+        from rass.data.degradation import OnlineDegradation
+
+        return {"degradation": OnlineDegradation(cfg), "keep_clean": d.KEEP_CLEAN}
 
     @property
     def device(self) -> torch.device:
@@ -105,17 +125,37 @@ class MaskFormer(nn.Module):
         """(image - PIXEL_MEAN) / PIXEL_STD for one C x H x W image of 0..255 values."""
         return (image.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
 
+    @property
+    def pad_value(self) -> float:
+        """Value of the padding in the normalised batch (0: the mean pixel, as in Mask2Former)."""
+        return 0.0
+
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        """Dataset dicts -> normalised images padded (with 0) to a common, divisible size.
+        """Dataset dicts -> (degraded, in training) normalised images padded to a common, divisible size.
 
         Args:
-            batched_inputs: dicts with "image": C x H x W tensor (0..255, the dataset's FORMAT).
+            batched_inputs: dicts with "image": C x H x W tensor (0..255, the dataset's FORMAT) and,
+                optionally, "image_clean" (the clean image when the workers degraded "image").
 
         Returns:
-            an ImageList; `image_sizes` are the unpadded sizes.
+            an ImageList; `image_sizes` are the unpadded sizes; `clean` is the B x C x H x W clean
+            batch in [0, 1] (padded with 0) when it is kept, else None.
         """
-        images = [self.normalize(x["image"]) for x in batched_inputs]
-        return ImageList.from_tensors(images, self.size_divisibility)
+        raw = [x["image"].to(self.device, torch.float32) for x in batched_inputs]
+        clean = None
+        if self.training and self.degradation is not None:
+            degraded = self.degradation(raw)
+            clean, raw = (raw if self.keep_clean else None), degraded
+        elif self.training and batched_inputs and all("image_clean" in x for x in batched_inputs):
+            clean = [x["image_clean"].to(self.device, torch.float32) for x in batched_inputs]
+        images = ImageList.from_tensors([self.normalize(r) for r in raw], self.size_divisibility, pad_value=self.pad_value)
+        images.clean = None
+        if clean is not None:
+            for c, r in zip(clean, raw):
+                if tuple(c.shape) != tuple(r.shape):
+                    raise ValueError(f"clean image {tuple(c.shape)} and input image {tuple(r.shape)} differ in shape")
+            images.clean = ImageList.from_tensors([c / 255.0 for c in clean], self.size_divisibility, 0.0).tensor
+        return images
 
     def extract_features(self, images: ImageList, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         """Backbone features of the batch. Backbones that need more than the padded image tensor
