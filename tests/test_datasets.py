@@ -15,7 +15,7 @@ from tests.conftest import REPO
 NAMES = [
     "ade20k_sem_seg_train", "ade20k_sem_seg_val", "ade20k_sem_seg_val_degraded",
     "ade20k_sem_seg_val_lqseg_1", "ade20k_sem_seg_val_lqseg_2", "ade20k_sem_seg_val_lqseg_3",
-    "reallq_sem_seg_val", "synthetic_sem_seg_train", "synthetic_sem_seg_val",
+    "reallq_sem_seg_val", "synthetic_sem_seg_train", "synthetic_sem_seg_val", "synthetic_sem_seg_val_degraded",
 ]
 
 

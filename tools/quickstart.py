@@ -2,10 +2,12 @@
 """CPU quickstart: synthetic data -> train a tiny configuration -> evaluate -> results.
 
 Generates the synthetic ADE20K-format dataset when it is absent ($RASS_SYNTHETIC_ROOT, default
-datasets/synthetic_ade20k), trains with train_net.py on one CPU process, evaluates on
-`synthetic_sem_seg_val` and leaves under output/quickstart/: eval_results.json, vis/*.png
-(input | ground truth | prediction) and model_final.pth. Extra `KEY VALUE` pairs are passed to
-train_net.py as config overrides.
+datasets/synthetic_ade20k) and a fixed degraded copy of its validation split (preset `rass`,
+$RASS_SYNTHETIC_DEGRADED_ROOT, default datasets/synthetic_ade20k_degraded), trains with
+train_net.py on one CPU process, evaluates on `synthetic_sem_seg_val` and
+`synthetic_sem_seg_val_degraded` and leaves under output/quickstart/: eval_results.json,
+vis/<dataset>/*.png (input | ground truth | prediction) and model_final.pth. Extra `KEY VALUE`
+pairs are passed to train_net.py as config overrides.
 """
 import argparse
 import json
@@ -21,19 +23,28 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default=DEFAULT_CONFIG, help="config to train (default: %(default)s)")
     p.add_argument("--output", default="output/quickstart", help="output folder (default: %(default)s)")
-    p.add_argument("--num-vis", type=int, default=4, help="number of overlay PNGs to write")
+    p.add_argument("--num-vis", type=int, default=4, help="number of overlay PNGs to write per dataset")
+    p.add_argument("--num-train", type=int, default=200, help="synthetic training images to generate")
+    p.add_argument("--num-val", type=int, default=50, help="synthetic validation images to generate")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     a = p.parse_args()
     os.chdir(REPO)
 
-    from rass.data.datasets.register import SYNTHETIC_ROOT
+    from rass.data.datasets.register import SYNTHETIC_DEGRADED_ROOT, SYNTHETIC_ROOT
+    from rass.data.degradation.offline import degrade_tree
     from rass.data.synthetic import make_synthetic_ade20k
 
-    root = SYNTHETIC_ROOT.resolve()
+    root, degraded = SYNTHETIC_ROOT.resolve(), SYNTHETIC_DEGRADED_ROOT.resolve()
     print(f"[quickstart] synthetic dataset: {root}")
-    make_synthetic_ade20k(root, seed=0, num_train=200, num_val=50)
+    make_synthetic_ade20k(root, seed=0, num_train=a.num_train, num_val=a.num_val)
+    print(f"[quickstart] degraded validation copy (preset rass): {degraded}")
+    report = degrade_tree(root, degraded, preset="rass", seed=0, splits=("validation",))
+    if report.failures:
+        print(f"[quickstart] could not degrade: {report.failures}", file=sys.stderr)
+        return 1
 
-    cmd = [sys.executable, "train_net.py", "--config-file", a.config_file,
+    tests = '("synthetic_sem_seg_val", "synthetic_sem_seg_val_degraded")'
+    cmd = [sys.executable, "train_net.py", "--config-file", a.config_file, "DATASETS.TEST", tests,
            "OUTPUT_DIR", a.output, "TEST.NUM_VIS", str(a.num_vis), *a.opts]
     print("[quickstart] " + " ".join(cmd))
     r = subprocess.run(cmd)
@@ -42,7 +53,7 @@ def main() -> int:
         return r.returncode
 
     res = json.load(open(os.path.join(a.output, "eval_results.json")))
-    print("\n[quickstart] results on synthetic_sem_seg_val:")
+    print("\n[quickstart] results:")
     for name, task in res.items():
         m = task["sem_seg"]
         print(f"  {name}: mIoU {m['mIoU']:.2f}  fwIoU {m['fwIoU']:.2f}  mACC {m['mACC']:.2f}  pACC {m['pACC']:.2f}")

@@ -7,6 +7,7 @@
 | ade20k_sem_seg_val_lqseg_{1,2,3} | $RASS_LQSEG_ROOT/lqseg_{k} or $DETECTRON2_DATASETS/ADEChallengeData2016_lqseg_{k} | validation |
 | reallq_sem_seg_val | $RASS_REALLQ_ROOT or $DETECTRON2_DATASETS/RealLQ | validation |
 | synthetic_sem_seg_train / _val | $RASS_SYNTHETIC_ROOT or $DETECTRON2_DATASETS/synthetic_ade20k | training / validation |
+| synthetic_sem_seg_val_degraded | $RASS_SYNTHETIC_DEGRADED_ROOT or $DETECTRON2_DATASETS/synthetic_ade20k_degraded | validation |
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ ADE20K_ROOT = DatasetRoot("DETECTRON2_DATASETS", "ADEChallengeData2016", "ADECha
 ADE20K_DEGRADED_ROOT = DatasetRoot("RASS_ADE20K_DEGRADED_ROOT", "ADEChallengeData2016_degraded")
 REALLQ_ROOT = DatasetRoot("RASS_REALLQ_ROOT", "RealLQ")
 SYNTHETIC_ROOT = DatasetRoot("RASS_SYNTHETIC_ROOT", "synthetic_ade20k")
+SYNTHETIC_DEGRADED_ROOT = DatasetRoot("RASS_SYNTHETIC_DEGRADED_ROOT", "synthetic_ade20k_degraded")
 
 
 def lqseg_root(level: int) -> DatasetRoot:
@@ -34,3 +36,4 @@ def register_all() -> None:
     register_sem_seg_split("reallq_sem_seg_val", REALLQ_ROOT, "validation")
     register_sem_seg_split("synthetic_sem_seg_train", SYNTHETIC_ROOT, "training")
     register_sem_seg_split("synthetic_sem_seg_val", SYNTHETIC_ROOT, "validation")
+    register_sem_seg_split("synthetic_sem_seg_val_degraded", SYNTHETIC_DEGRADED_ROOT, "validation")
