@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import OrderedDict
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from rass.utils.io import write_text_atomic
 
 # The deformable attention kernel's traced op, and its inputs' positions.
 DEFORM_KERNEL_OP = "torch_ms_deform_attn::forward"
@@ -268,10 +269,7 @@ def main(argv: Sequence[str] = None) -> Dict[str, Any]:
     if rass_info:
         result["rass"] = rass_info
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, args.json)
+        write_text_atomic(args.json, json.dumps(result, indent=2))
     return result
 
 

@@ -37,6 +37,17 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write UTF-8 `text` to `path` atomically (see `atomic_open`)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
 def save_image_atomic(path: str, array: np.ndarray, **pil_kwargs) -> None:
     """Write a uint8 H x W (x 3) array as an image (format from the extension), atomically.
 

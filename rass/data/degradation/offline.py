@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -28,11 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rass.utils.io import write_bytes_atomic
+
 from .online import derive_seed
 from .pipeline import Degradation
 from .presets import get_spec
 
-__all__ = ["degrade_tree", "DegradeReport", "atomic_write_bytes"]
+__all__ = ["degrade_tree", "DegradeReport"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 MANIFEST = "manifest.jsonl"
@@ -47,23 +48,6 @@ class DegradeReport:
     skipped: int = 0
     annotations: int = 0
     failures: List[Tuple[str, str]] = field(default_factory=list)  # (input path, reason)
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory and `os.replace`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -122,7 +106,7 @@ def _check_run_info(out: str, info: Dict[str, Any]) -> None:
                     "use another --output folder or the same settings"
                 )
     else:
-        atomic_write_bytes(path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        write_bytes_atomic(path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def degrade_tree(
@@ -182,7 +166,7 @@ def degrade_tree(
             dst_ann = os.path.join(ann_out, stem + ".png")
             if os.path.exists(src_ann) and not (os.path.exists(dst_ann) and _same_file_bytes(src_ann, dst_ann)):
                 with open(src_ann, "rb") as f:
-                    atomic_write_bytes(dst_ann, f.read())
+                    write_bytes_atomic(dst_ann, f.read())
                 report.annotations += 1
 
     batches = [todo[i : i + max(1, batch_size)] for i in range(0, len(todo), max(1, batch_size))]
@@ -197,7 +181,7 @@ def degrade_tree(
                 bar.update(len(batch))
     # rewrite the manifest compactly (one line per image, sorted), atomically
     lines = [json.dumps(done[k], sort_keys=True) for k in sorted(done)]
-    atomic_write_bytes(manifest_path, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+    write_bytes_atomic(manifest_path, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
     if bar is not None and hasattr(bar, "close"):
         bar.close()
     return report
@@ -229,7 +213,7 @@ def _process_batch(
     for (split, stem, path, s), out, p in zip(metas, outs, params):
         pixels = torch.round(out * 255.0).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         data = encode_png(np.ascontiguousarray(pixels))
-        atomic_write_bytes(os.path.join(output_root, "images", split, stem + ".png"), data)
+        write_bytes_atomic(os.path.join(output_root, "images", split, stem + ".png"), data)
         entries.append({"split": split, "stem": stem, "input": os.path.relpath(path, input_root), "seed": s,
                         "sha256": hashlib.sha256(data).hexdigest(), "params": p})
         report.written += 1

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import List
 
 import numpy as np
+
+from rass.utils.io import write_text_atomic
 
 __all__ = ["TINY_BERT", "write_tiny_tagger_files"]
 
@@ -22,18 +23,6 @@ TINY_BERT = dict(
     type_vocab_size=2, initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=0,
     add_cross_attention=True, encoder_width=32,
 )
-
-
-def _write_atomic(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_tiny_tagger_files(out_dir: str, num_tags: int = 24, seed: int = 0) -> List[str]:
@@ -57,7 +46,7 @@ def write_tiny_tagger_files(out_dir: str, num_tags: int = 24, seed: int = 0) -> 
         "head_bert.json": json.dumps(dict(TINY_BERT, num_attention_heads=4), indent=2),
     }
     for name, text in files.items():
-        _write_atomic(os.path.join(out_dir, name), text)
+        write_text_atomic(os.path.join(out_dir, name), text)
     k = "MODEL.TAGGER.RAM."
     return [
         k + "TAG_LIST", os.path.join(out_dir, "tags.txt"),
