@@ -60,6 +60,7 @@ def build_degradation(
     seed: Optional[int] = None,
     jpeg_backend: str = "auto",
     chunk_size: Optional[int] = None,
+    num_threads: Optional[int] = None,
     **overrides: Any,
 ) -> Degradation:
     """Build the degradation callable of a preset.
@@ -68,11 +69,15 @@ def build_degradation(
         preset: "rass", "realesrgan_x4", "realesrgan_x2", "lqseg_1", "lqseg_2" or "lqseg_3".
         seed: seed for the per-image seeds drawn when a call passes none (None: OS entropy).
         jpeg_backend: "auto", "tensor", "pillow" or "opencv" (identical results with libjpeg-turbo).
-        chunk_size: images run through the stages together (None: 2 on CPU, all on GPU).
+        chunk_size: images run through the stages together (None: 1 on CPU, all on GPU).
+        num_threads: CPU worker threads, one image chunk each at a time, every torch operation
+            on one thread (None: `torch.get_num_threads()` at call time). Outputs do not depend
+            on it.
         **overrides: preset values to replace, by `DegradationSpec` field name.
 
     Returns:
         `deg(images, seeds=None, return_params=False)`: B×3×H×W float in [0, 1] on any device →
         degraded batch (same shape/device, 8-bit levels); see `Degradation.__call__`.
     """
-    return Degradation(get_spec(preset, **overrides), seed=seed, jpeg_backend=jpeg_backend, chunk_size=chunk_size)
+    spec = get_spec(preset, **overrides)
+    return Degradation(spec, seed=seed, jpeg_backend=jpeg_backend, chunk_size=chunk_size, num_threads=num_threads)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["filter2d", "filter2d_separable", "reflect_pad"]
+__all__ = ["filter2d", "filter2d_separable", "reflect_pad", "reflect_pad_hw"]
 
 _CPU_CHANNEL_BLOCK = 16
 _MIN_STRIP_ROWS = 32
@@ -79,13 +79,11 @@ def filter2d(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     if kernels.shape[0] != b:
         raise ValueError(f"filter2d: {kernels.shape[0]} kernels for {b} samples")
     kh, kw = kernels.shape[-2:]
-    xp = _reflect_pad_hw(x, kh // 2, kw // 2)
     s = _strips(b, c, h, x.device)
     rows = -(-h // s)
-    if s > 1:  # equal-height overlapping strips; the last one is zero-extended and cropped after
-        extra = s * rows - h
-        if extra:
-            xp = F.pad(xp, (0, 0, 0, extra))
+    extra = s * rows - h  # rows added at the bottom so that the strips have equal heights
+    xp = reflect_pad_hw(x, kh // 2, kw // 2, extra)
+    if s > 1:  # equal-height overlapping strips; the `extra` output rows are cropped after
         xp = torch.stack([xp[:, :, i * rows : i * rows + rows + kh - 1] for i in range(s)], dim=1)
     weight = kernels.to(dtype=x.dtype)[:, None, None].expand(b, s, c, kh, kw).reshape(b * s * c, 1, kh, kw)
     out = F.conv2d(xp.reshape(1, b * s * c, rows + kh - 1, w + kw - 1), weight, groups=b * s * c)
@@ -108,12 +106,17 @@ def filter2d_separable(x: torch.Tensor, vertical: torch.Tensor, horizontal: torc
     return filter2d(filter2d(x, vertical[:, :, None]), horizontal[:, None, :])
 
 
-def _reflect_pad_hw(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
-    if ph == pw:
+def reflect_pad_hw(x: torch.Tensor, ph: int, pw: int, extra: int = 0) -> torch.Tensor:
+    """Reflect-pad the last two dims by ph rows, pw columns (repeated reflection for tiny
+    images), plus `extra` rows at the bottom (`filter2d`'s strips: their values only reach
+    output rows that are cropped; reflecting them avoids a second copy)."""
+    if ph == pw and extra == 0:
         return reflect_pad(x, ph)
     h, w = x.shape[-2:]
-    if ph < h and pw < w:
-        return F.pad(x, (pw, pw, ph, ph), mode="reflect")
+    if ph + extra < h and pw < w:
+        return F.pad(x, (pw, pw, ph, ph + extra), mode="reflect")
     iy = _reflect_index(h, ph, x.device)
+    if extra:
+        iy = torch.cat([iy, iy[-1:].expand(extra)])
     ix = _reflect_index(w, pw, x.device)
     return x.index_select(-2, iy).index_select(-1, ix)

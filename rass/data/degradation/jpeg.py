@@ -226,36 +226,54 @@ def jpeg_roundtrip(images: Sequence[torch.Tensor], qualities: Sequence[int]) -> 
     return out
 
 
-def jpeg_roundtrip_libjpeg(image: np.ndarray, quality: int, backend: str = "pillow") -> np.ndarray:
+def jpeg_roundtrip_libjpeg(
+    image: np.ndarray, quality: int, backend: str = "pillow", channels_first: bool = False
+) -> np.ndarray:
     """JPEG round trip through the system codec (for CPU workers and as the reference).
 
     Args:
-        image: H×W×3 uint8 RGB array.
+        image: H×W×3 uint8 RGB array (3×H×W with `channels_first`).
         quality: integer quality 1..100.
         backend: "pillow" or "opencv" (both use libjpeg-turbo with 4:2:0 sub-sampling).
+        channels_first: planar 3×H×W input and output (the codecs' own channel merge/split
+            replaces two interleaving copies).
 
     Returns:
-        The decoded H×W×3 uint8 RGB array.
+        The decoded uint8 RGB array, same layout as `image`.
     """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"jpeg_roundtrip_libjpeg expects an H×W×3 uint8 array, got {image.dtype} {image.shape}")
+    layout = "3×H×W" if channels_first else "H×W×3"
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0 if channels_first else 2] != 3:
+        raise ValueError(f"jpeg_roundtrip_libjpeg expects an {layout} uint8 array, got {image.dtype} {image.shape}")
     quality = int(quality)
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
     if backend == "pillow":
         from PIL import Image
 
+        if channels_first:
+            pil = Image.merge("RGB", [Image.fromarray(np.ascontiguousarray(p)) for p in image])
+        else:
+            pil = Image.fromarray(image, mode="RGB")
         buf = io.BytesIO()
-        Image.fromarray(image, mode="RGB").save(buf, format="JPEG", quality=quality, subsampling="4:2:0")
+        pil.save(buf, format="JPEG", quality=quality, subsampling="4:2:0")
         buf.seek(0)
         with Image.open(buf) as im:
-            return np.array(im.convert("RGB"))
+            im = im if im.mode == "RGB" else im.convert("RGB")
+            if channels_first:
+                return np.stack([np.asarray(p) for p in im.split()])
+            return np.array(im)
     if backend == "opencv":
         import cv2
 
-        params = [int(cv2.IMWRITE_JPEG_QUALITY), quality]
-        ok, enc = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]), params)
+        if channels_first:
+            bgr = cv2.merge([np.ascontiguousarray(p) for p in image[::-1]])
+        else:
+            bgr = np.ascontiguousarray(image[..., ::-1])
+        ok, enc = cv2.imencode(".jpg", bgr, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
         if not ok:
             raise RuntimeError("cv2.imencode failed to encode a JPEG")
-        return np.ascontiguousarray(cv2.imdecode(enc, cv2.IMREAD_COLOR)[..., ::-1])
+        dec = cv2.imdecode(enc, cv2.IMREAD_COLOR)
+        if channels_first:
+            return np.stack(cv2.split(dec)[::-1])
+        return np.ascontiguousarray(dec[..., ::-1])
     raise ValueError(f"Unknown JPEG backend {backend!r}; expected 'pillow' or 'opencv'")
