@@ -78,6 +78,16 @@ def test_degrade_tree_writes_png_copies_labels_and_resumes(tmp_path, capsys):
     # other settings into the same folder are refused, with a message naming the setting
     assert tool.main(args[:-3] + ["--seed", "4", "--no-progress"]) == 2
     assert "seed=3" in capsys.readouterr().err
+    # ... and so is a folder written by another version of the engine (its bytes would differ)
+    import rass.data.degradation.offline as offline
+
+    old_version = offline.ENGINE_VERSION
+    offline.ENGINE_VERSION = old_version + 1
+    try:
+        assert tool.main(args) == 2
+        assert f"engine={old_version}" in capsys.readouterr().err
+    finally:
+        offline.ENGINE_VERSION = old_version
     assert tool.main(["--preset", "rass", "--input", str(tmp_path / "missing"), "--output", dst + "2", "--seed", "0"]) == 2
     assert "images/validation" in capsys.readouterr().err
 

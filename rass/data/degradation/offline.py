@@ -36,6 +36,9 @@ from .presets import get_spec
 __all__ = ["degrade_tree", "DegradeReport"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+# Version of the engine's output bytes for a given seed and spec; bump it whenever they change, so
+# that an interrupted run is never resumed with a different engine (mixing old and new images).
+ENGINE_VERSION = 2
 MANIFEST = "manifest.jsonl"
 RUN_INFO = "degradation.json"
 
@@ -99,7 +102,7 @@ def _check_run_info(out: str, info: Dict[str, Any]) -> None:
     if os.path.exists(path):
         with open(path, "r", encoding="utf-8") as f:
             old = json.load(f)
-        for key in ("seed", "spec"):  # what determines the bytes (preset/overrides are informative)
+        for key in ("engine", "seed", "spec"):  # what determines the bytes (preset/overrides are informative)
             if old.get(key) != info[key]:
                 raise ValueError(
                     f"{path} was written with {key}={old.get(key)!r}, this run has {info[key]!r}; "
@@ -143,7 +146,7 @@ def degrade_tree(
     overrides = dict(overrides or {})
     spec = get_spec(preset, **overrides)
     engine = Degradation(spec, seed=0, jpeg_backend=jpeg_backend)
-    info = {"preset": preset, "seed": int(seed), "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(overrides.items())}, "spec": spec.to_dict(), "format": "png"}
+    info = {"engine": ENGINE_VERSION, "preset": preset, "seed": int(seed), "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(overrides.items())}, "spec": spec.to_dict(), "format": "png"}
     os.makedirs(output_root, exist_ok=True)
     _check_run_info(output_root, info)
     manifest_path = os.path.join(output_root, MANIFEST)
