@@ -132,3 +132,11 @@ def test_prepare_ade20k_conversion_and_idempotence(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "training: wrote 0" in r.stdout and "validation: wrote 1" in r.stdout
+
+
+def test_root_may_keep_the_ade20k_top_folder(tmp_path, monkeypatch):
+    make_synthetic_ade20k(str(tmp_path / "ADEChallengeData2016"), seed=2, num_train=0, num_val=2, min_size=64,
+                          max_size=80, progress=False)
+    monkeypatch.setenv("RASS_REALLQ_ROOT", str(tmp_path))
+    dicts = DatasetCatalog.get("reallq_sem_seg_val")
+    assert [os.path.basename(d["file_name"]) for d in dicts] == ["synth_000000.jpg", "synth_000001.jpg"]

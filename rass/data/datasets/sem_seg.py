@@ -79,6 +79,9 @@ def load_sem_seg_split(dataset_name: str, root: str, split: str, root_hint: str 
         raise FileNotFoundError(
             f"Dataset {dataset_name!r}: root folder {root!r} does not exist{hint}. See datasets/README.md."
         )
+    nested = os.path.join(root, "ADEChallengeData2016")
+    if not os.path.isdir(os.path.join(root, "images")) and os.path.isdir(os.path.join(nested, "images")):
+        root = nested  # a copy that keeps ADE20K's top folder inside its root
     image_dir = os.path.join(root, "images", split)
     gt_dir = os.path.join(root, "annotations_detectron2", split)
     for d in (image_dir, gt_dir):
