@@ -41,3 +41,14 @@ def test_load_roundtrip_and_missing_file(tmp_path):
     assert torch.equal(a.weight, b.weight)
     with pytest.raises(FileNotFoundError, match=f"MODEL.WEIGHTS.*{tmp_path / 'missing.pth'}"):
         RASSCheckpointer(b).load(str(tmp_path / "missing.pth"))
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    from rass.utils.io import write_text_atomic
+
+    mask = os.umask(0o022)
+    try:
+        write_text_atomic(str(tmp_path / "a.txt"), "x")
+    finally:
+        os.umask(mask)
+    assert (os.stat(tmp_path / "a.txt").st_mode & 0o777) == 0o644

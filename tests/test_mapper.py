@@ -132,3 +132,10 @@ def test_no_mapper_padding_when_the_model_degrades(synthetic_env):
     out = SemanticDatasetMapper(cfg, is_train=True)(DatasetCatalog.get("synthetic_sem_seg_train")[0])
     assert out["image"].shape[1:] == (160, 160) and out["sem_seg"].shape == (160, 160)
     assert "image_clean" not in out
+
+
+def test_test_mapper_never_pads(synthetic_env):
+    out = SemanticDatasetMapper(_cfg("INPUT.SIZE_DIVISIBILITY", "512"), is_train=False)(
+        DatasetCatalog.get("synthetic_sem_seg_val")[0])
+    h, w = out["image"].shape[1:]
+    assert min(h, w) == 192 and (h % 512, w % 512) != (0, 0)

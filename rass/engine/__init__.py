@@ -1,3 +1,4 @@
+from .predictor import SemanticPredictor
 from .trainer import Trainer
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "SemanticPredictor"]

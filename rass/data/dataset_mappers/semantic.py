@@ -23,7 +23,8 @@ class SemanticDatasetMapper:
     Training: resize shortest edge, crop with a single-category area cap, SSD colour
     augmentation, flip; then, when a worker-side degradation is given, the cropped image is
     degraded (before any padding; the label is untouched); then optional padding to
-    `size_divisibility` (image with 128, label with `ignore_label`). Testing: resize only.
+    `size_divisibility` (image with 128, label with `ignore_label`). Testing: resize only (no
+    padding: the model pads the batch and crops its predictions back to the image).
 
     Output dict: ``image`` (uint8 C x H x W tensor, the model input, degraded when degradation
     runs here), ``sem_seg`` (int64 H x W, training), ``image_clean`` (uint8 C x H x W, when
@@ -100,7 +101,8 @@ class SemanticDatasetMapper:
         dataset_names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
         ignore = MetadataCatalog.get(dataset_names[0]).get("ignore_label", 255) if dataset_names else 255
         degradation, keep_clean = _worker_degradation(cfg) if is_train else (None, False)
-        size_divisibility = cfg.INPUT.SIZE_DIVISIBILITY
+        # Training only (as in Mask2Former): at test time the model pads and crops its output back.
+        size_divisibility = cfg.INPUT.SIZE_DIVISIBILITY if is_train else -1
         deg_cfg = cfg.INPUT.get("DEGRADATION")
         if is_train and deg_cfg is not None and deg_cfg.ENABLED and deg_cfg.DEVICE == "model":
             size_divisibility = -1  # the model degrades the content first, then pads (never the padding)

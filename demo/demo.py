@@ -1,0 +1,317 @@
+#!/usr/bin/env python
+"""Semantic segmentation of images, folders and videos with a trained model; writes overlays.
+
+    python demo/demo.py --config-file configs/quickstart/tiny_rass.yaml --input photos/ extra/*.jpg \\
+        --output out/ --opts MODEL.WEIGHTS output/quickstart/model_final.pth
+    python demo/demo.py --config-file configs/quickstart/tiny_rass.yaml --video-input clip.mp4 \\
+        --output clip_seg.mp4 --opts MODEL.WEIGHTS output/quickstart/model_final.pth
+
+`--input` takes image files, folders (every image inside, sorted by name) and glob patterns.
+`--output` is a folder (one `<input name>.png` overlay per image, plus `<input name>_labels.png`
+with the class ids as uint8 with `--save-labels`), or a file name for a single image / a video
+(`.mp4`, written with OpenCV's mp4v codec). Without `--output`, a summary (the largest classes
+by area) is printed per image. Inputs that cannot be read are reported by name; the others are
+still processed and the exit code is 1. Files are written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from rass.config import setup_cfg
+from rass.data.dataset_mappers.io import read_image_checked
+from rass.engine import SemanticPredictor
+from rass.evaluation.visualize import overlay
+from rass.utils.io import save_image_atomic
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class DemoError(Exception):
+    """A problem with the arguments or the output that stops the run (exit code 2)."""
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, metavar="FILE", help="model config (YAML)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    src.add_argument("--video-input", metavar="FILE", help="a video file (anything OpenCV can read)")
+    p.add_argument("--output", metavar="DIR_OR_FILE", help="output folder, or file for one image / the video")
+    p.add_argument("--opacity", type=float, default=0.5, help="weight of the class colours in the overlay (0..1)")
+    p.add_argument("--legend", action="store_true", help="draw the names of the classes present on the overlay")
+    p.add_argument("--save-labels", action="store_true", help="also write the class ids as a uint8 PNG per image")
+    p.add_argument("--top", type=int, default=5, help="classes per line of the printed summary")
+    p.add_argument("--batch-size", type=int, default=4, help="video frames per forward pass")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                   help="config overrides (KEY VALUE pairs), last on the command line")
+    args = p.parse_args(argv)
+    if not 0.0 <= args.opacity <= 1.0:
+        p.error(f"--opacity must be in [0, 1], got {args.opacity}")
+    if args.batch_size < 1 or args.top < 1:
+        p.error("--batch-size and --top must be >= 1")
+    return args
+
+
+def report(message: str) -> None:
+    """An error line on stderr that does not break the progress bar."""
+    tqdm.write(f"error: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------- inputs and outputs
+def collect_inputs(specs: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Expand files, folders and glob patterns into image paths (in order, without repeats).
+
+    Returns:
+        (paths, problems): problems name the specs that gave nothing.
+    """
+    paths: List[str] = []
+    problems: List[str] = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            found = [os.path.join(spec, n) for n in sorted(os.listdir(spec)) if n.lower().endswith(IMAGE_EXTS)]
+            found = [f for f in found if os.path.isfile(f)]
+            if not found:
+                problems.append(f"{spec}: folder has no images ({', '.join(IMAGE_EXTS)})")
+        elif os.path.isfile(spec):
+            found = [spec]
+        elif glob.has_magic(spec):
+            found = [f for f in sorted(glob.glob(spec)) if os.path.isfile(f) and f.lower().endswith(IMAGE_EXTS)]
+            if not found:
+                problems.append(f"{spec}: pattern matches no image")
+        else:
+            found = []
+            problems.append(f"{spec}: no such file or folder")
+        paths += [f for f in found if f not in paths]
+    return paths, problems
+
+
+def image_outputs(paths: Sequence[str], output: str, save_labels: bool) -> Dict[str, Tuple[str, Optional[str]]]:
+    """Input path -> (overlay path, label path or None). `output` is a folder unless it has an image
+    extension (then there must be a single input). Repeated names get a `-2`, `-3`... suffix."""
+    ext = os.path.splitext(output)[1].lower()
+    if ext in IMAGE_EXTS and not os.path.isdir(output):
+        if len(paths) != 1:
+            raise DemoError(f"--output {output} is a file name but there are {len(paths)} input images; give a folder")
+        labels = os.path.splitext(output)[0] + "_labels.png" if save_labels else None
+        return {paths[0]: (output, labels)}
+    outs: Dict[str, Tuple[str, Optional[str]]] = {}
+    used = set()
+    for path in paths:
+        stem = base = os.path.splitext(os.path.basename(path))[0]
+        k = 1
+        while stem in used:
+            k += 1
+            stem = f"{base}-{k}"
+        used.update({stem, stem + "_labels"})
+        labels = os.path.join(output, stem + "_labels.png") if save_labels else None
+        outs[path] = (os.path.join(output, stem + ".png"), labels)
+    return outs
+
+
+# ----------------------------------------------------------------- rendering
+def class_areas(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixel count per class id."""
+    return np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
+
+
+def short_name(name: str) -> str:
+    """The first of a class's synonyms ("poster, posting, placard" -> "poster")."""
+    return name.split(",")[0].strip()
+
+
+def summary(name: str, areas: np.ndarray, class_names: Sequence[str], top: int) -> str:
+    """One line: `name: class share%, ...` for the `top` largest classes (share of the pixels)."""
+    total = max(int(areas.sum()), 1)
+    order = [int(c) for c in np.argsort(-areas, kind="stable")[:top] if areas[c] > 0]
+    return f"{name}: " + ", ".join(f"{short_name(class_names[c])} {100.0 * areas[c] / total:.1f}%" for c in order)
+
+
+def draw_legend(image: np.ndarray, areas: np.ndarray, class_names: Sequence[str], colors: Sequence[Sequence[int]],
+                max_rows: int = 12) -> np.ndarray:
+    """Draw a box with a colour swatch and the name of every class present (largest first) in the
+    top-left corner of an RGB image (returns a new image)."""
+    out = image.copy()
+    present = [int(c) for c in np.argsort(-areas, kind="stable") if areas[c] > 0]
+    rows = [(c, short_name(class_names[c])) for c in present[:max_rows]]
+    if len(present) > max_rows:
+        rows.append((-1, f"+{len(present) - max_rows} more"))
+    if not rows:
+        return out
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, float(np.clip(min(image.shape[:2]) / 700.0, 0.3, 1.0))
+    sizes = [cv2.getTextSize(text, font, scale, 1) for _, text in rows]
+    line = max(h + b for (_, h), b in sizes) + 4
+    pad, swatch = 4, line - 4
+    width = 3 * pad + swatch + max(w for (w, _), _ in sizes)
+    height = 2 * pad + line * len(rows)
+    region = out[:height, :width]
+    region[:] = (region.astype(np.float32) * 0.35).astype(np.uint8)  # darkened background
+    for i, (c, text) in enumerate(rows):
+        y = pad + i * line
+        if c >= 0:
+            cv2.rectangle(out, (pad, y + 2), (pad + swatch, y + 2 + swatch - 1), tuple(int(v) for v in colors[c]), -1)
+        cv2.putText(out, text, (2 * pad + swatch, y + line - 4 - sizes[i][1]), font, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return out
+
+
+def render(image: np.ndarray, labels: np.ndarray, predictor: SemanticPredictor, args: argparse.Namespace) -> np.ndarray:
+    """The overlay of one prediction (with the legend when asked)."""
+    vis = overlay(image, labels, predictor.colors, alpha=args.opacity)
+    if args.legend:
+        vis = draw_legend(vis, class_areas(labels, len(predictor.class_names)), predictor.class_names, predictor.colors)
+    return vis
+
+
+# ----------------------------------------------------------------- runs
+def run_images(predictor: SemanticPredictor, args: argparse.Namespace) -> int:
+    """Predict every input image; returns the number of failures."""
+    paths, problems = collect_inputs(args.input)
+    for p in problems:
+        report(p)
+    failed = len(problems)
+    outs = image_outputs(paths, args.output, args.save_labels) if args.output else {}
+    inputs = {os.path.abspath(p) for p in paths}
+    written = 0
+    for path in tqdm(paths, desc="images", unit="img", file=sys.stderr):
+        clash = [o for o in outs.get(path, ()) if o and os.path.abspath(o) in inputs]
+        if clash:
+            report(f"{path}: not processed, its output would overwrite the input {clash[0]}")
+            failed += 1
+            continue
+        try:
+            image = read_image_checked(path, "RGB")
+        except (OSError, ValueError) as e:
+            report(f"{path}: cannot read the image ({e})")
+            failed += 1
+            continue
+        labels = predictor(image)["labels"].cpu().numpy()
+        if not args.output:
+            areas = class_areas(labels, len(predictor.class_names))
+            tqdm.write(summary(f"{path} ({image.shape[1]}x{image.shape[0]})", areas, predictor.class_names, args.top))
+            continue
+        vis_path, label_path = outs[path]
+        save_image_atomic(vis_path, render(image, labels, predictor, args))
+        if label_path:
+            save_image_atomic(label_path, labels.astype(np.uint8))
+        written += 1
+    if args.output:
+        print(f"wrote {written} overlay(s) to {args.output}")
+    return failed
+
+
+def video_output(path: str, output: str) -> str:
+    """The .mp4 file to write for a video: `output` itself, or `<output>/<video name>.mp4`."""
+    ext = os.path.splitext(output)[1].lower()
+    if ext == ".mp4" and not os.path.isdir(output):
+        return output
+    if ext and not os.path.isdir(output):
+        raise DemoError(f"--output {output}: a video is written as .mp4; give a .mp4 file name or a folder")
+    return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".mp4")
+
+
+def run_video(predictor: SemanticPredictor, args: argparse.Namespace) -> int:
+    """Predict every frame of the video (batches of --batch-size); returns 1 on failure, else 0."""
+    path = args.video_input
+    out_path = video_output(path, args.output) if args.output else None
+    cap = cv2.VideoCapture(path) if os.path.isfile(path) else None
+    if cap is None or not cap.isOpened():
+        report(f"{path}: cannot open the video" + ("" if cap is not None else " (no such file)"))
+        return 1
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    fps = fps if fps and fps > 0 else 30.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    if args.save_labels:
+        tqdm.write("note: --save-labels applies to images only", file=sys.stderr)
+    writer, tmp = None, None
+    areas = np.zeros(len(predictor.class_names), np.int64)
+    frames = 0
+    bar = tqdm(total=total if total > 0 else None, desc="frames", unit="frame", file=sys.stderr)
+    try:
+        done = False
+        while not done:
+            batch = []
+            while len(batch) < args.batch_size:
+                ok, frame = cap.read()
+                if not ok:
+                    done = True
+                    break
+                batch.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            if not batch:
+                break
+            for image, pred in zip(batch, predictor.predict_batch(batch)):
+                labels = pred["labels"].cpu().numpy()
+                areas += class_areas(labels, len(areas))
+                if out_path:
+                    if writer is None:
+                        writer, tmp = _open_writer(out_path, fps, image.shape[1], image.shape[0])
+                    writer.write(cv2.cvtColor(render(image, labels, predictor, args), cv2.COLOR_RGB2BGR))
+            frames += len(batch)
+            bar.update(len(batch))
+        bar.close()  # before the summary lines
+        if frames == 0:
+            report(f"{path}: no frame could be read")
+            return 1
+        if writer is not None:
+            writer.release()
+            writer = None
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, out_path)
+            tmp = None
+            print(f"wrote {frames} frame(s) to {out_path}")
+        else:
+            tqdm.write(summary(f"{path} ({frames} frames)", areas, predictor.class_names, args.top))
+    finally:
+        bar.close()
+        cap.release()
+        if writer is not None:
+            writer.release()
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+    return 0
+
+
+def _open_writer(out_path: str, fps: float, width: int, height: int):
+    """An mp4v VideoWriter on a temporary file next to `out_path` (renamed when complete)."""
+    folder = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out_path) + ".", suffix=".mp4", dir=folder)
+    os.close(fd)
+    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height), True)
+    if not writer.isOpened():
+        os.remove(tmp)
+        raise DemoError(f"OpenCV cannot write an mp4v video to {out_path} (no mp4v encoder in this OpenCV build)")
+    return writer, tmp
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the demo; returns the exit code (0 ok, 1 some input failed, 2 bad arguments/config)."""
+    args = parse_args(argv)
+    try:
+        try:
+            predictor = SemanticPredictor(setup_cfg(args.config_file, args.opts))
+        except (FileNotFoundError, KeyError, ValueError) as e:  # config file, keys, MODEL.WEIGHTS
+            raise DemoError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from e
+        if args.save_labels and len(predictor.class_names) > 255:
+            raise DemoError(f"--save-labels writes uint8 PNGs: {len(predictor.class_names)} classes do not fit")
+        failed = run_images(predictor, args) if args.input else run_video(predictor, args)
+    except DemoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if failed:
+        print(f"error: {failed} input(s) failed (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""demo/demo.py: folders with a broken image, label PNGs, overlays, summaries, legend, video round trip."""
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from detectron2.data import MetadataCatalog
+from PIL import Image
+
+from rass.config import setup_cfg
+from rass.engine import SemanticPredictor
+from tests.conftest import REPO
+from tests.test_predictor import CFG, save_tiny_checkpoint
+
+DEMO = os.path.join(REPO, "demo", "demo.py")
+
+
+def _load_demo():
+    spec = importlib.util.spec_from_file_location("rass_demo", DEMO)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return save_tiny_checkpoint(str(tmp_path_factory.mktemp("weights")))[1]
+
+
+@pytest.fixture(scope="module")
+def predictor(weights):
+    return SemanticPredictor(setup_cfg(CFG, ["MODEL.WEIGHTS", weights]))
+
+
+def _write_images(folder, sizes):
+    os.makedirs(folder, exist_ok=True)
+    g = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        small = g.integers(0, 256, (max(1, h // 12), max(1, w // 12), 3), dtype=np.uint8)
+        path = os.path.join(folder, f"img{i}.png")
+        Image.fromarray(small).resize((w, h), Image.BILINEAR).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_folder_with_broken_image_reports_it_writes_the_others_and_exits_1(tmp_path, weights, predictor):
+    paths = _write_images(tmp_path / "in", [(97, 131), (120, 75)])
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png at all")
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, DEMO, "--config-file", CFG, "--input", str(tmp_path / "in"),
+                        "--output", str(out), "--save-labels", "--opacity", "1.0", "--opts", "MODEL.WEIGHTS", weights],
+                       capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert re.search(r"error: .*broken\.png: cannot read the image", r.stderr)
+    assert "1 input(s) failed" in r.stderr
+    assert sorted(os.listdir(out)) == ["img0.png", "img0_labels.png", "img1.png", "img1_labels.png"]
+    colors = np.asarray(MetadataCatalog.get("synthetic_sem_seg_val").stuff_colors, np.uint8)
+    for path in paths:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        stem = os.path.splitext(os.path.basename(path))[0]
+        labels = np.asarray(Image.open(out / f"{stem}_labels.png"))
+        vis = np.asarray(Image.open(out / f"{stem}.png"))
+        assert labels.dtype == np.uint8 and labels.shape == image.shape[:2] and vis.shape == image.shape
+        assert labels.max() <= 149
+        assert np.array_equal(labels, predictor(image)["labels"].numpy())
+        assert np.array_equal(vis, colors[labels])  # opacity 1: the class colours only
+
+
+def test_summary_without_output_for_a_glob_pattern(tmp_path, weights, predictor, capsys):
+    paths = _write_images(tmp_path, [(64, 80), (50, 90)])
+    (tmp_path / "other.jpg").write_bytes(b"")  # not matched by the pattern
+    code = demo.main(["--config-file", CFG, "--input", str(tmp_path / "img*.png"), "--top", "3",
+                      "--opts", "MODEL.WEIGHTS", weights])
+    assert code == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(str(tmp_path))]
+    assert len(lines) == 2
+    for path, line in zip(paths, lines):
+        labels = predictor(np.asarray(Image.open(path).convert("RGB")))["labels"].numpy()
+        counts = np.bincount(labels.ravel(), minlength=150)
+        top = int(np.argmax(counts))
+        name = predictor.class_names[top].split(",")[0]
+        assert line.startswith(f"{path} ({labels.shape[1]}x{labels.shape[0]}): {name} "
+                               f"{100.0 * counts[top] / labels.size:.1f}%")
+        assert line.count("%") == min(3, int((counts > 0).sum()))
+
+
+def test_single_file_output_legend_and_argument_errors(tmp_path, weights, capsys):
+    (path,) = _write_images(tmp_path, [(180, 240)])
+    args = ["--config-file", CFG, "--input", path, "--opts", "MODEL.WEIGHTS", weights]
+    assert demo.main(["--output", str(tmp_path / "plain.png"), *args]) == 0
+    assert demo.main(["--output", str(tmp_path / "legend.png"), "--legend", *args]) == 0
+    plain, legend = (np.asarray(Image.open(tmp_path / n)) for n in ("plain.png", "legend.png"))
+    assert plain.shape == legend.shape == (180, 240, 3)
+    diff = np.abs(plain.astype(int) - legend.astype(int)).sum(axis=2) > 0
+    ys, xs = np.nonzero(diff)
+    assert ys.size and ys.min() == 0 and xs.min() == 0  # a box in the top-left corner ...
+    assert not diff[ys.max() + 1:].any() and not diff[:, xs.max() + 1:].any()  # ... and nothing else
+    assert xs.max() < 200
+
+    capsys.readouterr()
+    code = demo.main(["--output", str(tmp_path / "x.png"), "--config-file", CFG, "--input", path, path + "x",
+                      "--opts", "MODEL.WEIGHTS", weights])
+    assert code == 1 and f"{path}x: no such file or folder" in capsys.readouterr().err
+    code = demo.main(["--config-file", CFG, "--input", str(tmp_path), "--output", str(tmp_path / "many.png"),
+                      "--opts", "MODEL.WEIGHTS", weights])  # 4 images there now, one output file
+    assert code == 2 and "is a file name but there are 4 input images" in capsys.readouterr().err
+    code = demo.main(["--config-file", CFG, "--input", path, "--opts", "MODEL.WEIGHTS", str(tmp_path / "no.pth")])
+    assert code == 2 and f"MODEL.WEIGHTS: checkpoint file not found: {tmp_path / 'no.pth'}" in capsys.readouterr().err
+
+
+def _make_video(path, frames=7, size=(96, 64)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, size, True)
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write mp4v videos")
+    for i in range(frames):
+        f = np.full((size[1], size[0], 3), 40, np.uint8)
+        f[:, : 8 + 12 * i] = (30, 190, 60)
+        f[size[1] // 2:, :, 2] = 200
+        writer.write(f)
+    writer.release()
+
+
+def _read_video(path):
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(f, cv2.COLOR_BGR2RGB))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return frames, fps
+
+
+def test_video_round_trip(tmp_path, weights):
+    src = tmp_path / "clip.mp4"
+    _make_video(src)
+    out = tmp_path / "out"
+    opts = ["MODEL.WEIGHTS", weights, "MODEL.RASS.LATENT", "mean"]  # no noise: batching changes nothing
+    code = demo.main(["--config-file", CFG, "--video-input", str(src), "--output", str(out), "--batch-size", "3",
+                      "--opts", *opts])
+    assert code == 0
+    assert os.listdir(out) == ["clip.mp4"]  # named after the input, no temporary file left
+    inputs, _ = _read_video(src)
+    outputs, fps = _read_video(out / "clip.mp4")
+    assert len(outputs) == len(inputs) == 7 and fps == pytest.approx(5.0)
+    assert outputs[0].shape == (64, 96, 3)
+    predictor = SemanticPredictor(setup_cfg(CFG, opts))
+    picks = (0, 3, 6)  # first batch, second batch, the last (partial) batch
+    expected = [demo.overlay(inputs[i], predictor(inputs[i])["labels"].numpy(), predictor.colors, 0.5) for i in picks]
+    for k, i in enumerate(picks):
+        errs = [np.abs(outputs[i].astype(float) - e).mean() for e in expected]
+        assert errs[k] < 6.0 and errs[k] == min(errs), (i, errs)  # mp4v is lossy; frames stay in order
+    assert demo.main(["--config-file", CFG, "--video-input", str(tmp_path / "none.mp4"), "--opts", *opts]) == 1
