@@ -36,7 +36,7 @@ from rass.data.datasets import load_sem_seg_split
 from rass.data.degradation.offline import degrade_tree
 from rass.data.degradation.presets import PRESETS
 from rass.engine import Trainer
-from rass.utils.io import write_text_atomic
+from rass.utils.io import sha256_file, write_text_atomic
 
 from .robustness_report import build_report, write_report
 from .sem_seg import write_eval_results
@@ -135,20 +135,12 @@ def source_split(name: str) -> Tuple[str, str, List[dict]]:
     return root, split, dicts
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint(dicts: Sequence[dict]) -> str:
     """SHA-256 over the file names and bytes of every image and label of a dataset."""
     h = hashlib.sha256()
     for d in sorted(dicts, key=lambda d: d["file_name"]):
         for key in ("file_name", "sem_seg_file_name"):
-            h.update(f"{os.path.basename(d[key])}:{_sha256(d[key])}\n".encode("utf-8"))
+            h.update(f"{os.path.basename(d[key])}:{sha256_file(d[key])}\n".encode("utf-8"))
     return h.hexdigest()
 
 

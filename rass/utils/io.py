@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from typing import IO, Iterator
@@ -70,3 +71,12 @@ def save_image_atomic(path: str, array: np.ndarray, **pil_kwargs) -> None:
         raise ValueError(f"save_image_atomic: unsupported extension of {path!r} (use .png or .jpg)")
     with atomic_open(path, "wb") as f:
         Image.fromarray(array).save(f, format=fmt, **pil_kwargs)
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

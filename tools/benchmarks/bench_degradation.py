@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from rass.data.degradation import build_degradation  # noqa: E402
 from rass.data.degradation.jpeg_islow import CHROMA_TABLE, LUMA_TABLE  # noqa: E402
 from rass.data.degradation.kernels import kernel_from_params  # noqa: E402
+from rass.utils.system import machine_cpu_seconds
 
 
 # ----------------------------------------------------------------- release-style operators
@@ -160,17 +161,6 @@ def _time(fn: Callable[[], torch.Tensor], repeats: int) -> Tuple[float, float, t
     return best_wall, best_cpu, out
 
 
-def _busy_seconds() -> float:
-    """CPU seconds spent by the whole machine so far (Linux /proc/stat; NaN elsewhere)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def psnr_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     mse = ((a.double() - b.double()) ** 2).flatten(1).mean(1).clamp_min(1e-12)
     return 10 * torch.log10(1.0 / mse)
@@ -200,9 +190,9 @@ def run_table(images: torch.Tensor, seeds: Sequence[int], preset: str, threads: 
         ("release-style loop", lambda: torch.cat([release_style_one(images[i : i + 1], params[i], pad_to) for i in range(b)])),
     ]
     load_before = os.getloadavg()[0]
-    busy0, own0, wall0 = _busy_seconds(), time.process_time(), time.perf_counter()
+    busy0, own0, wall0 = machine_cpu_seconds(), time.process_time(), time.perf_counter()
     rows = [(name,) + _time(fn, repeats) for name, fn in methods]
-    others = (_busy_seconds() - busy0 - (time.process_time() - own0)) / (time.perf_counter() - wall0)
+    others = (machine_cpu_seconds() - busy0 - (time.process_time() - own0)) / (time.perf_counter() - wall0)
     load_after = os.getloadavg()[0]
     ref_wall, ref_cpu, ref_out = rows[0][1], rows[0][2], rows[0][3]
     print(f"\n### preset {preset!r}, {b} images {s}x{s}, torch threads {threads}")

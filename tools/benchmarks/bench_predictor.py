@@ -31,17 +31,7 @@ sys.path.insert(0, REPO)
 
 from rass.config import setup_cfg  # noqa: E402
 from rass.engine import SemanticPredictor  # noqa: E402
-
-
-def machine_cpu_seconds() -> float:
-    """CPU seconds used by the whole machine so far (Linux /proc/stat; NaN elsewhere)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+from rass.utils.system import machine_cpu_seconds  # noqa: E402
 
 
 def images(n: int, size: int, seed: int) -> List[np.ndarray]:

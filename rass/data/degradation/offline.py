@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rass.utils.io import write_bytes_atomic
+from rass.utils.io import sha256_file, write_bytes_atomic
 
 from .online import derive_seed
 from .pipeline import Degradation
@@ -161,7 +161,7 @@ def degrade_tree(
             stem = os.path.splitext(os.path.basename(path))[0]
             out_png = os.path.join(output_root, "images", split, stem + ".png")
             entry = done.get((split, stem))
-            if entry is not None and os.path.exists(out_png) and _sha256_file(out_png) == entry.get("sha256"):
+            if entry is not None and os.path.exists(out_png) and sha256_file(out_png) == entry.get("sha256"):
                 report.skipped += 1
             else:
                 todo.append((split, stem, path))
@@ -223,13 +223,5 @@ def _process_batch(
     return entries
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _same_file_bytes(a: str, b: str) -> bool:
-    return os.path.getsize(a) == os.path.getsize(b) and _sha256_file(a) == _sha256_file(b)
+    return os.path.getsize(a) == os.path.getsize(b) and sha256_file(a) == sha256_file(b)
