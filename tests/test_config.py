@@ -27,3 +27,24 @@ def test_python_tags_are_refused(tmp_path):
     p.write_text('INPUT:\n  MIN_SIZE_TRAIN: !!python/object/apply:eval ["[1, 2]"]\n')
     with pytest.raises(Exception):
         setup_cfg(str(p))
+
+
+def test_every_project_key_is_commented():
+    """Each key that add_rass_config defines has a comment line right above it."""
+    import inspect
+    import re
+
+    import rass.config as config
+
+    lines = inspect.getsource(config).split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("def setup_cfg"))
+    missing = []
+    for i, line in enumerate(lines[:start]):
+        m = re.match(r"\s+(cfg\.[A-Za-z_.]+|[a-z]\.[A-Z_]+)\s*=\s*(.*)", line)
+        if m and not m.group(2).startswith("CN()") and not lines[i - 1].strip().startswith("#"):
+            missing.append(line.strip())
+    assert missing == []
+    # and the keys are really there
+    cfg = setup_cfg(None)
+    assert cfg.INPUT.DEGRADATION.PRESET == "rass" and cfg.MODEL.RASS.TIMESTEP == 1
+    assert cfg.MODEL.MASK_FORMER.DEC_LAYERS > 0 and cfg.MODEL.TAGGER.RAM.IMAGE_SIZE == 384
