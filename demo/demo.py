@@ -16,11 +16,10 @@ still processed and the exit code is 1. Files are written atomically.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -30,9 +29,8 @@ from rass.config import setup_cfg
 from rass.data.dataset_mappers.io import read_image_checked
 from rass.engine import SemanticPredictor
 from rass.evaluation.visualize import overlay
+from rass.utils.inputs import IMAGE_EXTS, collect_image_paths
 from rass.utils.io import save_image_atomic
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class DemoError(Exception):
@@ -67,33 +65,6 @@ def report(message: str) -> None:
 
 
 # ----------------------------------------------------------------- inputs and outputs
-def collect_inputs(specs: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """Expand files, folders and glob patterns into image paths (in order, without repeats).
-
-    Returns:
-        (paths, problems): problems name the specs that gave nothing.
-    """
-    paths: List[str] = []
-    problems: List[str] = []
-    for spec in specs:
-        if os.path.isdir(spec):
-            found = [os.path.join(spec, n) for n in sorted(os.listdir(spec)) if n.lower().endswith(IMAGE_EXTS)]
-            found = [f for f in found if os.path.isfile(f)]
-            if not found:
-                problems.append(f"{spec}: folder has no images ({', '.join(IMAGE_EXTS)})")
-        elif os.path.isfile(spec):
-            found = [spec]
-        elif glob.has_magic(spec):
-            found = [f for f in sorted(glob.glob(spec)) if os.path.isfile(f) and f.lower().endswith(IMAGE_EXTS)]
-            if not found:
-                problems.append(f"{spec}: pattern matches no image")
-        else:
-            found = []
-            problems.append(f"{spec}: no such file or folder")
-        paths += [f for f in found if f not in paths]
-    return paths, problems
-
-
 def image_outputs(paths: Sequence[str], output: str, save_labels: bool) -> Dict[str, Tuple[str, Optional[str]]]:
     """Input path -> (overlay path, label path or None). `output` is a folder unless it has an image
     extension (then there must be a single input). Repeated names get a `-2`, `-3`... suffix."""
@@ -174,9 +145,9 @@ def render(image: np.ndarray, labels: np.ndarray, predictor: SemanticPredictor, 
 # ----------------------------------------------------------------- runs
 def run_images(predictor: SemanticPredictor, args: argparse.Namespace) -> int:
     """Predict every input image; returns the number of failures."""
-    paths, problems = collect_inputs(args.input)
-    for p in problems:
-        report(p)
+    paths, problems = collect_image_paths(args.input)
+    for spec, reason in problems:
+        report(f"{spec}: {reason}")
     failed = len(problems)
     outs = image_outputs(paths, args.output, args.save_labels) if args.output else {}
     inputs = {os.path.abspath(p) for p in paths}

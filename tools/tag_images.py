@@ -15,14 +15,13 @@ reported on stderr and the exit status is then 1. Any config key can be set with
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from rass.utils.inputs import collect_image_paths
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -41,17 +40,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scores", action="store_true", help="print each tag's probability")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return p.parse_args(argv)
-
-
-def collect_images(paths: Sequence[str]) -> List[str]:
-    """Files as given; folders expanded to their image files (sorted)."""
-    out: List[str] = []
-    for path in paths:
-        if os.path.isdir(path):
-            out += sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTS))
-        else:
-            out.append(path)
-    return out
 
 
 def read_rgb(path: str) -> torch.Tensor:
@@ -87,8 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cfg = setup_cfg(args.config_file or None, build_opts(args))
     tagger = build_tagger(cfg).to(torch.device(args.device)).eval()
-    failed = []
-    files = collect_images(args.images)
+    files, problems = collect_image_paths(args.images)
+    failed = [spec for spec, _ in problems]
+    for spec, reason in problems:
+        print(f"cannot read {spec}: {reason}", file=sys.stderr)
     for start in range(0, len(files), tagger.batch_size):
         batch, names = [], []
         for path in files[start:start + tagger.batch_size]:
