@@ -11,7 +11,9 @@
 with the class ids as uint8 with `--save-labels`), or a file name for a single image / a video
 (`.mp4`, written with OpenCV's mp4v codec). Without `--output`, a summary (the largest classes
 by area) is printed per image. Inputs that cannot be read are reported by name; the others are
-still processed and the exit code is 1. Files are written atomically.
+still processed and the exit code is 1. Files are written atomically. Problems with the
+arguments, the config or the output path are found before the model is built and reported as one
+`error:` line (exit code 2); `--debug` (or RASS_DEBUG=1) adds the traceback.
 """
 from __future__ import annotations
 
@@ -29,12 +31,12 @@ from rass.config import setup_cfg
 from rass.data.dataset_mappers.io import read_image_checked
 from rass.engine import SemanticPredictor
 from rass.evaluation.visualize import overlay
-from rass.utils.inputs import IMAGE_EXTS, collect_image_paths
+from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, enable_debug, report_user_error, run_cli
+from rass.utils.inputs import collect_image_paths
 from rass.utils.io import save_image_atomic
+from rass.utils.outputs import OutputError, check_writable, image_outputs
 
-
-class DemoError(Exception):
-    """A problem with the arguments or the output that stops the run (exit code 2)."""
+DemoError = OutputError  # (the demo's argument/output errors; exit code 2)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -49,6 +51,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--save-labels", action="store_true", help="also write the class ids as a uint8 PNG per image")
     p.add_argument("--top", type=int, default=5, help="classes per line of the printed summary")
     p.add_argument("--batch-size", type=int, default=4, help="video frames per forward pass")
+    p.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
                    help="config overrides (KEY VALUE pairs), last on the command line")
     args = p.parse_args(argv)
@@ -56,6 +59,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--opacity must be in [0, 1], got {args.opacity}")
     if args.batch_size < 1 or args.top < 1:
         p.error("--batch-size and --top must be >= 1")
+    if args.debug:
+        enable_debug()
     return args
 
 
@@ -65,27 +70,23 @@ def report(message: str) -> None:
 
 
 # ----------------------------------------------------------------- inputs and outputs
-def image_outputs(paths: Sequence[str], output: str, save_labels: bool) -> Dict[str, Tuple[str, Optional[str]]]:
-    """Input path -> (overlay path, label path or None). `output` is a folder unless it has an image
-    extension (then there must be a single input). Repeated names get a `-2`, `-3`... suffix."""
-    ext = os.path.splitext(output)[1].lower()
-    if ext in IMAGE_EXTS and not os.path.isdir(output):
-        if len(paths) != 1:
-            raise DemoError(f"--output {output} is a file name but there are {len(paths)} input images; give a folder")
-        labels = os.path.splitext(output)[0] + "_labels.png" if save_labels else None
-        return {paths[0]: (output, labels)}
-    outs: Dict[str, Tuple[str, Optional[str]]] = {}
-    used = set()
-    for path in paths:
-        stem = base = os.path.splitext(os.path.basename(path))[0]
-        k = 1
-        while stem in used:
-            k += 1
-            stem = f"{base}-{k}"
-        used.update({stem, stem + "_labels"})
-        labels = os.path.join(output, stem + "_labels.png") if save_labels else None
-        outs[path] = (os.path.join(output, stem + ".png"), labels)
-    return outs
+def plan_outputs(args: argparse.Namespace) -> Tuple[list, list, Dict[str, Tuple[str, Optional[str]]], Optional[str]]:
+    """Everything about the inputs and outputs that can be checked before the model is built.
+
+    Returns:
+        (image paths, (spec, reason) problems, image outputs, video output file or None).
+    """
+    paths, problems, outs, video_out = [], [], {}, None
+    if args.input:
+        paths, problems = collect_image_paths(args.input)
+        if args.output:
+            outs = image_outputs(paths, args.output, "_labels" if args.save_labels else None)
+            for folder in sorted({os.path.dirname(o) for pair in outs.values() for o in pair if o} or {args.output}):
+                check_writable(args.output, folder)
+    elif args.output:
+        video_out = video_output(args.video_input, args.output)
+        check_writable(args.output, os.path.dirname(video_out))
+    return paths, problems, outs, video_out
 
 
 # ----------------------------------------------------------------- rendering
@@ -143,13 +144,12 @@ def render(image: np.ndarray, labels: np.ndarray, predictor: SemanticPredictor, 
 
 
 # ----------------------------------------------------------------- runs
-def run_images(predictor: SemanticPredictor, args: argparse.Namespace) -> int:
-    """Predict every input image; returns the number of failures."""
-    paths, problems = collect_image_paths(args.input)
+def run_images(predictor: SemanticPredictor, args: argparse.Namespace, plan) -> int:
+    """Predict every input image (`plan` from `plan_outputs`); returns the number of failures."""
+    paths, problems, outs, _ = plan
     for spec, reason in problems:
         report(f"{spec}: {reason}")
     failed = len(problems)
-    outs = image_outputs(paths, args.output, args.save_labels) if args.output else {}
     inputs = {os.path.abspath(p) for p in paths}
     written = 0
     for path in tqdm(paths, desc="images", unit="img", file=sys.stderr):
@@ -189,10 +189,11 @@ def video_output(path: str, output: str) -> str:
     return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".mp4")
 
 
-def run_video(predictor: SemanticPredictor, args: argparse.Namespace) -> int:
-    """Predict every frame of the video (batches of --batch-size); returns 1 on failure, else 0."""
+def run_video(predictor: SemanticPredictor, args: argparse.Namespace, plan) -> int:
+    """Predict every frame of the video (batches of --batch-size; `plan` from `plan_outputs`);
+    returns 1 on failure, else 0."""
     path = args.video_input
-    out_path = video_output(path, args.output) if args.output else None
+    out_path = plan[3]
     cap = cv2.VideoCapture(path) if os.path.isfile(path) else None
     if cap is None or not cap.isOpened():
         report(f"{path}: cannot open the video" + ("" if cap is not None else " (no such file)"))
@@ -268,16 +269,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; returns the exit code (0 ok, 1 some input failed, 2 bad arguments/config)."""
     args = parse_args(argv)
     try:
-        try:
-            predictor = SemanticPredictor(setup_cfg(args.config_file, args.opts))
-        except (FileNotFoundError, KeyError, ValueError) as e:  # config file, keys, MODEL.WEIGHTS
-            raise DemoError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from e
+        cfg = setup_cfg(args.config_file, args.opts)
+        plan = plan_outputs(args)  # output problems are found before the model is built
+        predictor = SemanticPredictor(cfg)
         if args.save_labels and len(predictor.class_names) > 255:
             raise DemoError(f"--save-labels writes uint8 PNGs: {len(predictor.class_names)} classes do not fit")
-        failed = run_images(predictor, args) if args.input else run_video(predictor, args)
-    except DemoError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        failed = run_images(predictor, args, plan) if args.input else run_video(predictor, args, plan)
+    except Exception as e:  # noqa: BLE001 - user errors (config, weights, output) become one message
+        code = report_user_error(e)
+        if code is None:
+            raise
+        return code
     if failed:
         print(f"error: {failed} input(s) failed (see above)", file=sys.stderr)
         return 1
@@ -285,4 +287,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

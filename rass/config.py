@@ -6,7 +6,6 @@ them; a module reads the config only in its `from_config`.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional, Sequence
 
 import torch
@@ -32,7 +31,7 @@ def _add_data_config(cfg: CN) -> None:
 
 def _add_solver_config(cfg: CN) -> None:
     """Optimiser keys (AdamW with a backbone learning-rate multiplier)."""
-    # Optimiser: "ADAMW" or "SGD".
+    # Optimiser: "ADAMW", "ADAM" (L2 weight decay in the gradient, GleSAM's stage 2) or "SGD".
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     # Learning-rate multiplier for every parameter under `backbone.`.
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
@@ -140,7 +139,7 @@ def _add_degradation_config(cfg: CN) -> None:
     d = cfg.INPUT.DEGRADATION = CN()
     # Degrade training images online (labels untouched; the unpadded image content only).
     d.ENABLED = False
-    # Preset: "rass", "realesrgan_x4", "realesrgan_x2", "lqseg_1", "lqseg_2" or "lqseg_3".
+    # Preset: "rass", "realesrgan_x4", "realesrgan_x2", "lqseg_1", "lqseg_2", "lqseg_3" or "lqseg_train" (GleSAM's training).
     d.PRESET = "rass"
     # Where to degrade: "model" (batched, on the model's device, in its preprocessing) or "worker" (data-loader workers, CPU).
     d.DEVICE = "model"
@@ -215,6 +214,8 @@ def _add_degradation_config(cfg: CN) -> None:
     p.RESIZE_MODES2 = None
     # Second stage: the resize target is also divided by this (LQSeg levels 1 / 2 / 4; preset: 1).
     p.SECOND_RESIZE_DIVISOR = None
+    # Second stage: per-image divisor drawn uniformly from this list, replacing SECOND_RESIZE_DIVISOR ("lqseg_train": [1, 2, 3, 3, 4, 4, 4, 4]; [] = off).
+    p.SECOND_RESIZE_DIVISORS = None
     # Second stage: probability of Gaussian (else Poisson) noise (preset: 0.5).
     p.GAUSSIAN_NOISE_PROB2 = None
     # Second stage: Gaussian noise sigma range on the 0..255 scale (preset: [1, 25]).
@@ -279,9 +280,9 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.RASS.SLIDING_WINDOW = CN()
     # Test-time sliding-window feature extraction (as released); training always uses the whole image.
     cfg.MODEL.RASS.SLIDING_WINDOW.ENABLED = True
-    # Square window side in pixels (0 = the input's short side, as released); a multiple of 32 (the largest stride).
+    # Square window side in pixels (0 = the input's short side, as released); a multiple of 8 (the VAE's factor).
     cfg.MODEL.RASS.SLIDING_WINDOW.SIZE = 0
-    # Window stride in pixels (0 = the window side, as released); a multiple of 32.
+    # Window stride in pixels (0 = the window side, as released); a multiple of 8.
     cfg.MODEL.RASS.SLIDING_WINDOW.STRIDE = 0
     # Windows run through the backbone together in one batch.
     cfg.MODEL.RASS.SLIDING_WINDOW.BATCH_SIZE = 4
@@ -332,8 +333,10 @@ def _add_tagger_config(cfg: CN) -> None:
     cfg.MODEL.TAGGER.RAM.DEFAULT_THRESHOLD = 0.68
     # Tag indices never emitted (RAM's delete_tag_index; RAM's published inference deletes none).
     cfg.MODEL.TAGGER.RAM.DELETE_TAG_INDICES = []
-    # Side of the square tagger input (images are resized to it, bilinear with antialias).
+    # Side of the square tagger input (images are resized to it, bilinear).
     cfg.MODEL.TAGGER.RAM.IMAGE_SIZE = 384
+    # Antialias that resize (False: as released, torchvision 0.16's tensor Resize, whose prompts RASS was trained with).
+    cfg.MODEL.TAGGER.RAM.ANTIALIAS = False
     # ImageNet mean (RGB, 0..1 scale) subtracted after resizing.
     cfg.MODEL.TAGGER.RAM.PIXEL_MEAN = [0.485, 0.456, 0.406]
     # ImageNet std (RGB, 0..1 scale) divided after resizing.
@@ -373,6 +376,99 @@ def _add_tagger_config(cfg: CN) -> None:
     cfg.MODEL.TAGGER.DAPE.LORA_ALPHA = 1.0
 
 
+def _add_checkpoint_config(cfg: CN) -> None:
+    """Checkpoint loading keys (MODEL.WEIGHTS handling)."""
+    # Accept a MODEL.WEIGHTS file that leaves trainable parameters unloaded or has other shapes (e.g.
+    # fine-tuning with another head / NUM_CLASSES); False: such a file is an error naming the counts.
+    cfg.MODEL.WEIGHTS_ALLOW_PARTIAL = False
+
+
+def _add_sam_config(cfg: CN) -> None:
+    """SAM keys (MODEL.SAM): image encoder variant, checkpoint files, preprocessing (GleSAM, plain SAM)."""
+    cfg.MODEL.SAM = CN()
+    # Image-encoder variant: "vit_b", "vit_l" (GleSAM's release), "vit_h" or "tiny" (random, for tests).
+    cfg.MODEL.SAM.VARIANT = "vit_l"
+    # SAM weights in segment-anything names (sam_vit_*.pth, GleSAM-l.pth, epoch_last.pth, ft-decoder.pth); "": none.
+    cfg.MODEL.SAM.CHECKPOINT = ""
+    # Full SAM file loaded first when CHECKPOINT holds only the mask decoder (e.g. ft-decoder.pth); "": none.
+    cfg.MODEL.SAM.BASE_CHECKPOINT = ""
+    # Side of SAM's square input (longest image side is resized to it); 1024 for the released weights.
+    cfg.MODEL.SAM.IMAGE_SIZE = 1024
+    # Return SAM's 3 multimask outputs instead of the single mask (mask token 0), as GleSAM's evaluation does.
+    cfg.MODEL.SAM.MULTIMASK_OUTPUT = False
+    # SAM's RGB pixel mean (0..255 scale), subtracted after resizing.
+    cfg.MODEL.SAM.PIXEL_MEAN = [123.675, 116.28, 103.53]
+    # SAM's RGB pixel std (0..255 scale), divided after subtracting the mean.
+    cfg.MODEL.SAM.PIXEL_STD = [58.395, 57.12, 57.375]
+    # Threshold on the mask logits that gives the binary mask (SAM: 0.0).
+    cfg.MODEL.SAM.MASK_THRESHOLD = 0.0
+
+
+def _add_glesam_config(cfg: CN) -> None:
+    """GleSAM latent-enhancement keys (MODEL.GLESAM): CRE UNet, LoRA, FEAT_WEIGHT, timestep."""
+    g = cfg.MODEL.GLESAM = CN()
+    # Enhance SAM's image embedding with the one-step CRE UNet before the mask decoder (False = plain SAM).
+    g.ENHANCE = True
+    # Local Stable Diffusion folder in diffusers layout (unet/, text_encoder/, tokenizer/, optional scheduler/); "" = random init from ARCH.
+    g.SD_PATH = ""
+    # Packaged UNet/text-encoder architecture used when SD_PATH is "": "sd21_base", "sd15", "tiny", or a folder of JSON configs.
+    g.ARCH = "sd21_base"
+    # GleSAM's UNet LoRA file (pytorch_lora_weights.safetensors, diffusers or peft key style); "" = freshly initialised adapter.
+    g.LORA_PATH = ""
+    # LoRA rank of the UNet adapter (8 as released).
+    g.LORA_RANK = 8
+    # LoRA alpha (scaling alpha / rank; 8 as released).
+    g.LORA_ALPHA = 8.0
+    # UNet module-name suffixes wrapped with LoRA (peft list rule; the 16 released types).
+    g.LORA_TARGETS = [
+        "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+        "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+        "conv_in", "conv_out",
+    ]
+    # FDA scale gamma: the UNet sees gamma * z_L and the result is divided by gamma (5 as in the paper/README; demo.sh uses 3).
+    g.FEAT_WEIGHT = 5.0
+    # Diffusion timestep T of the single UNet pass (1 as the released scripts pass; the Python entry points default to 999).
+    g.TIMESTEP = 1
+    # Channels of the latent = SAM's image-embedding channels (256); conv_in/conv_out are tiled to it (CRE).
+    g.LATENT_CHANNELS = 256
+    # dtype of the CRE UNet and its LoRA: "float32" (as released), "float16" or "bfloat16"; x0 is always computed in float64.
+    g.DTYPE = "float32"
+    # Training stage: "none" (inference only), "denoise" (stage 1: the CRE UNet's LoRA) or "decoder" (stage 2: SAM's mask decoder).
+    g.STAGE = "none"
+    # Stage-1 loss: "paper" (MSE(x0, gamma * z_H), z_H = SAM features of the clean image) or "release" (+ DMD2 and GAN terms).
+    g.STAGE1_LOSS = "paper"
+    # Stage-2 weight of the Dice loss on the mask logits (1 as released).
+    g.DICE_WEIGHT = 1.0
+    # Stage-2 weight of the focal loss on the mask logits (1 as released).
+    g.FOCAL_WEIGHT = 1.0
+
+
+def _add_promptable_config(cfg: CN) -> None:
+    """Promptable-segmentation data and evaluation keys (INPUT.PROMPT, TEST.PROMPT, LQSeg)."""
+    cfg.INPUT.PROMPT = CN()
+    # Training prompts drawn from the GT mask: "points" (positive points inside the object), "box", "point_box".
+    cfg.INPUT.PROMPT.PROTOCOL = "points"
+    # Positive points per object (GleSAM: 3).
+    cfg.INPUT.PROMPT.NUM_POINTS = 3
+    # Box jitter scale of GleSAM's misc.box_noise (0 = exact box; the release's value is 0.05).
+    cfg.INPUT.PROMPT.BOX_NOISE = 0.0
+    # Base seed of the training prompts (per process and data-loader worker, re-drawn at every call).
+    cfg.INPUT.PROMPT.SEED = 0
+    # Square side the image is resized to (bicubic, aspect not kept) as GleSAM's loader; 0 keeps the image size.
+    cfg.INPUT.PROMPT.IMAGE_SIZE = 512
+    # Mask value above which a pixel is object, for masks that are not 0/255 (as GleSAM's metrics: > 128).
+    cfg.INPUT.PROMPT.MASK_THRESHOLD = 128
+    cfg.TEST.PROMPT = CN()
+    # Evaluation prompts drawn from the GT mask: "points" (the released protocol), "box" or "point_box".
+    cfg.TEST.PROMPT.PROTOCOL = "points"
+    # Positive points per object at evaluation (GleSAM: 3).
+    cfg.TEST.PROMPT.NUM_POINTS = 3
+    # Box jitter scale at evaluation (0 = exact box; 0.05 = the release's box_noise).
+    cfg.TEST.PROMPT.BOX_NOISE = 0.0
+    # Base seed of the evaluation prompts; each image's prompts derive from it and the image id only.
+    cfg.TEST.PROMPT.SEED = 0
+
+
 def add_rass_config(cfg: CN) -> None:
     """Add every RASS key (with its default) to a detectron2 config, in place.
 
@@ -386,13 +482,21 @@ def add_rass_config(cfg: CN) -> None:
     _add_degradation_config(cfg)
     _add_backbone_config(cfg)
     _add_tagger_config(cfg)
+    _add_checkpoint_config(cfg)
+    _add_sam_config(cfg)
+    _add_glesam_config(cfg)
+    _add_promptable_config(cfg)
 
 
 def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze: bool = True) -> CN:
     """Build the project config: detectron2 defaults + RASS keys + a YAML file + overrides.
 
-    YAML files are read with a safe loader (no Python tags). An unknown key, in the file or in
-    `opts`, raises a `KeyError` that names the key and where it came from.
+    YAML files are read with a safe loader (no Python tags). Problems are `UserError`s that name
+    the file or override (`rass.utils.config_loading`): an unknown key is a `KeyError` (with a
+    close key as hint), a missing file or `_BASE_` a `FileNotFoundError`, malformed YAML or a value
+    of the wrong type a `ValueError` quoting the value given. Relative ``output/``, ``weights/``,
+    ``datasets/`` paths of the packaged configs (under ``configs/``) resolve against the repository;
+    paths given by the user stay relative to the current folder (`rass.utils.paths`).
 
     Args:
         config_file: path of a YAML config (may use `_BASE_`), or None for the defaults.
@@ -402,22 +506,15 @@ def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freez
     Returns:
         The config.
     """
+    from rass.utils.config_loading import ProjectCfgNode, merge_file, merge_overrides
+
     cfg = get_cfg()
     add_rass_config(cfg)
+    cfg = ProjectCfgNode(cfg)
     if config_file:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"Config file not found: {config_file}")
-        try:
-            cfg.merge_from_file(config_file, allow_unsafe=False)
-        except KeyError as e:
-            raise KeyError(f"{config_file}: {e.args[0] if e.args else e} (not a detectron2/RASS config key)") from e
+        merge_file(cfg, config_file)
     if opts:
-        if len(opts) % 2:
-            raise ValueError(f"Overrides must be KEY VALUE pairs, got an odd number of items: {list(opts)}")
-        try:
-            cfg.merge_from_list(list(opts))
-        except (KeyError, AssertionError) as e:
-            raise KeyError(f"command-line override: {e.args[0] if e.args else e} (not a detectron2/RASS config key)") from e
+        merge_overrides(cfg, opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).warning(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available: using 'cpu'")
         cfg.MODEL.DEVICE = "cpu"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU quickstart: generate synthetic ADE20K-format data (if absent), train the tiny configuration,
-# evaluate it and write results, overlays and the checkpoint under output/quickstart/.
+# evaluate it and write results, overlays and the checkpoint under output/quickstart/ (of the repository).
+# Runs from any folder; relative paths given as arguments (--output, --config-file) are relative to it.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-scripts/setup_env.sh
-exec .venv/bin/python tools/quickstart.py "$@"
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+"$REPO/scripts/setup_env.sh"
+exec "$REPO/.venv/bin/python" "$REPO/tools/quickstart.py" "$@"

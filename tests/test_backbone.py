@@ -9,10 +9,10 @@ from detectron2.modeling import build_backbone
 
 import rass.modeling.backbone  # noqa: F401  (registers RASS)
 from rass.config import setup_cfg
-from rass.modeling.backbone.clip_tokenizer import tiny_clip_tokenizer, write_clip_tokenizer
+from rass.modeling.diffusion.clip_tokenizer import tiny_clip_tokenizer, write_clip_tokenizer
 from rass.modeling.backbone.feature_taps import capture_outputs, resolve_taps
 from rass.modeling.backbone.prompt_embedding import PromptEmbeddingCache, clean_prompt
-from rass.modeling.backbone.sd_components import build_sd_parts
+from rass.modeling.diffusion.sd_components import build_sd_parts
 from rass.modeling.backbone.sliding_window import sliding_window_features, window_boxes
 from rass.modeling.tagging import Tagger
 
@@ -236,8 +236,8 @@ def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="FROZEN_DTYPE"):
         tiny_backbone("MODEL.RASS.FROZEN_DTYPE", "float8")
     bb = tiny_backbone()
-    with pytest.raises(ValueError, match="not a multiple of 32"):
-        bb(torch.zeros(1, 3, 64, 80))
+    with pytest.raises(ValueError, match="64x84 is not a multiple of 8"):
+        bb(torch.zeros(1, 3, 64, 84))
 
 
 def test_frozen_parts_in_bfloat16_still_run():

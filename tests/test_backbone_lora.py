@@ -11,8 +11,8 @@ from torch import nn
 
 import rass.modeling.backbone  # noqa: F401
 from rass.config import setup_cfg
-from rass.modeling.backbone.lora import merge_osediff_lora, read_osediff_lora, select_lora_targets
-from rass.modeling.backbone.sd_components import build_sd_parts
+from rass.modeling.diffusion.lora import merge_osediff_lora, read_osediff_lora, select_lora_targets
+from rass.modeling.diffusion.sd_components import build_sd_parts
 
 RANK, ALPHA = 2, 8.0  # peft's default alpha (8) as OSEDiff used it; scaling = 8 / 2 = 4
 TINY = ["MODEL.BACKBONE.NAME", "RASS", "MODEL.DEVICE", "cpu", "MODEL.RASS.ARCH", "tiny", "MODEL.RASS.LORA_RANK", "0",

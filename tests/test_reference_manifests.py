@@ -7,7 +7,8 @@ from tests.conftest import REPO, load_manifest
 
 SHARED = os.path.join(REPO, "..", "shared", "reference", "manifests")
 NAMES = ["ram_swin_large_manifest.json", "rass_full_manifest.json", "rass_full_manifest.transformers5.json",
-         "rass_trainable_manifest.json", "rass_manifest_extras.json", "rass_stats.json"]
+         "rass_trainable_manifest.json", "rass_manifest_extras.json", "rass_stats.json",
+         "sam_vit_manifest.json", "glesam_unet_lora_manifest.json"]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -115,8 +115,13 @@ def test_cache_per_image_in_eval_only(tiny_opts, monkeypatch):
 def test_preprocessing_resize_and_normalisation(tiny_opts):
     tagger = make(tiny_opts)
     x = images(2, size=(50, 70))
-    ref = T.Resize((32, 32), antialias=True)(x)  # torchvision's tensor resize, as in the release
+    # default = the release: torchvision 0.16's `transforms.Resize((384, 384))` on tensors, no antialias
+    ref = T.Resize((32, 32), antialias=False)(x)
     torch.testing.assert_close(tagger.resize(x), ref, atol=1e-6, rtol=0)
+    smooth = T.Resize((32, 32), antialias=True)(x)
+    assert (tagger.resize(x) - smooth).abs().max() > 1e-2  # the two resizes really differ here
+    aa = make(tiny_opts, extra=("MODEL.TAGGER.RAM.ANTIALIAS", "True"))
+    torch.testing.assert_close(aa.resize(x), smooth, atol=1e-6, rtol=0)
     flat = torch.full((1, 3, 32, 32), 0.5)
     out = tagger.preprocess(flat)
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])

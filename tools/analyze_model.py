@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import OrderedDict
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from rass.utils.io import write_text_atomic
+from rass.utils.model_summary import count_parameters  # noqa: F401  (also used by tests)
 
 # The deformable attention kernel's traced op, and its inputs' positions.
 DEFORM_KERNEL_OP = "torch_ms_deform_attn::forward"
@@ -165,18 +165,6 @@ def analysis_rows(model: nn.Module, depth: int) -> List[Tuple[str, List[str]]]:
     return rows
 
 
-def count_parameters(model: nn.Module, prefixes: Sequence[str]) -> Tuple[int, int]:
-    """(total, trainable) values of the distinct parameters under any of the module names."""
-    seen, total, trainable = set(), 0, 0
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if not any(name == pre or name.startswith(pre + ".") for pre in prefixes) or id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return total, trainable
-
-
 def count_flops(model: nn.Module, height: int, width: int, device: str
                 ) -> Tuple[Dict[str, int], Dict[str, int], Dict[str, int]]:
     """fvcore FLOPs of one eval-mode image: (per module name, unsupported op counts, per operator)."""
@@ -274,4 +262,6 @@ def main(argv: Sequence[str] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from rass.utils.cli import run_cli
+
+    run_cli(main)

@@ -11,6 +11,12 @@ Examples:
     # quickstart model on the synthetic data
     python tools/eval_robustness.py --config-file configs/quickstart/tiny_rass.yaml \\
         --weights output/quickstart/model_final.pth --dataset synthetic_sem_seg_val
+    # SAM vs GleSAM on LQSeg's ECSSD: the released clean / LQ-1 / LQ-2 / LQ-3 sets (IoU, Dice)
+    python tools/eval_robustness.py --config-file configs/lqseg/glesam_vitl_sd21.yaml --compare-sam \\
+        --datasets lqseg_ecssd_test_clear lqseg_ecssd_test_lq1 lqseg_ecssd_test_lq2 lqseg_ecssd_test_lq3
+    # ... or copies of any image + mask set made here with the lqseg presets
+    python tools/eval_robustness.py --config-file configs/lqseg/glesam_vitl_sd21.yaml --compare-sam \\
+        --dataset lqseg_ecssd_test_clear --levels clean,lqseg_1,lqseg_2,lqseg_3
 
 A level is `clean` (the dataset itself) or a degradation preset (rass, realesrgan_x2,
 realesrgan_x4, lqseg_1, lqseg_2, lqseg_3). Each degraded copy is written on the CPU with the
@@ -18,6 +24,9 @@ engine of tools/degrade_dataset.py under CACHE_DIR/<dataset>/<level>_seed<S>/ (d
 $DETECTRON2_DATASETS/robustness_cache) and reused by later runs. Writes OUTPUT/robustness.json,
 robustness.md, robustness.png and eval_results.json (default OUTPUT: <OUTPUT_DIR>/robustness).
 Runs in one process (no --num-gpus); the drop column is relative to `clean`, else the first row.
+Promptable-mask sets (LQSeg, image + mask folders) report IoU / Dice / BoundaryIoU / PixelAcc;
+`--compare-sam` also evaluates plain SAM (the GleSAM model's own SAM weights, no enhancement, the
+same seeded prompts) on every row and reports both side by side with GleSAM's gain.
 """
 from __future__ import annotations
 
@@ -33,7 +42,9 @@ from tqdm import tqdm
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, help="model config (YAML)")
-    p.add_argument("--weights", required=True, help="model checkpoint (.pth / .pkl)")
+    p.add_argument("--weights", default="", help="model checkpoint (.pth / .pkl); default: the weights the config "
+                   "names (e.g. MODEL.SAM.CHECKPOINT and MODEL.GLESAM.LORA_PATH of a GleSAM config)")
+    p.add_argument("--compare-sam", action="store_true", help="GleSAM configs: plain SAM on the same rows too")
     p.add_argument("--dataset", help="registered clean dataset whose degraded copies are evaluated")
     p.add_argument("--levels", default="clean,lqseg_1,lqseg_2,lqseg_3",
                    help="comma-separated levels: clean and/or preset names (default: %(default)s)")
@@ -51,10 +62,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from rass.config import setup_cfg
     from rass.data.datasets.sem_seg import datasets_root
     from rass.engine import Trainer
-    from rass.evaluation.robustness import RobustnessError, evaluate_robustness
+    from rass.evaluation.robustness import RobustnessError, evaluate_robustness, plain_sam_of
 
     try:
-        cfg = setup_cfg(a.config_file, list(a.opts) + ["MODEL.WEIGHTS", a.weights])
+        cfg = setup_cfg(a.config_file, list(a.opts) + (["MODEL.WEIGHTS", a.weights] if a.weights else []))
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
@@ -64,11 +75,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logger(output=output, name="detectron2", abbrev_name="d2")
     try:
         model = Trainer.build_model(cfg)
-        RASSCheckpointer(model, save_dir=output).load(a.weights)
+        if a.weights:
+            RASSCheckpointer(cfg, model, save_dir=output).load(a.weights)
+        compare = {"SAM": plain_sam_of(model)} if a.compare_sam else None
         report = evaluate_robustness(
             cfg, model, output, dataset=a.dataset, levels=a.levels, datasets=a.datasets, seed=a.seed,
             cache_dir=cache_dir, info={"config_file": a.config_file, "weights": a.weights},
             progress=None if a.no_progress else (lambda total: tqdm(total=total, unit="img", desc="degrade")),
+            compare=compare, model_name="GleSAM" if a.compare_sam else "model",
         )
     except (RobustnessError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -81,4 +95,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rass.utils.cli import run_cli
+
+    run_cli(main)

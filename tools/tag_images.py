@@ -43,11 +43,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def read_rgb(path: str) -> torch.Tensor:
-    """Image file -> float [3, H, W] in [0, 1]."""
-    from PIL import Image
+    """Image file -> float [3, H, W] in [0, 1] (read as everywhere in the project: any bit depth, upright)."""
+    from rass.data.dataset_mappers.io import read_image_checked
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    arr = read_image_checked(path, "RGB").astype(np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
@@ -108,4 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rass.utils.cli import run_cli
+
+    run_cli(main)

@@ -28,7 +28,7 @@ __all__ = ["release_to_project_keys", "is_release_format", "RELEASE_PREFIX", "PR
 RELEASE_PREFIX = "backbone.feature_extractor."
 PROJECT_TAGGER_PREFIX = "backbone.tagger."
 _ADAPTER = re.compile(r"\.(lora_[AB])\.default_(?:encoder|decoder|others)_s2\.")
-_TRAINABLE_ADAPTER = "rass"  # rass.modeling.backbone.lora.TRAINABLE_ADAPTER (kept import-free)
+_TRAINABLE_ADAPTER = "rass"  # rass.modeling.diffusion.lora.TRAINABLE_ADAPTER (kept import-free)
 
 
 def is_release_format(names: Iterable[str]) -> bool:

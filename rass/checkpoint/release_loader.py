@@ -4,60 +4,24 @@ Accepts a detectron2 checkpoint (`{"model": state_dict, ...}`) or a bare state d
 without the frozen parts (VAE, text encoder, UNet base, taggers), in either library era's names.
 Names are converted with `release_to_project_keys`; entries the project does not keep are
 dropped; everything not found in the file is reported (grouped by sub-module) and keeps its
-current value (e.g. Stable Diffusion weights loaded from MODEL.RASS.SD_PATH).
+current value (e.g. Stable Diffusion weights loaded from MODEL.RASS.SD_PATH). Trainable
+parameters missing from the file are an error unless partial loading is allowed (`rass.checkpoint.fit`).
 """
 from __future__ import annotations
 
 import logging
-import os
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .files import CheckpointFileError, read_checkpoint_file
+from .fit import LoadReport, check_fit, fill_load_report, grouped
 from .release_keys import is_release_format, release_to_project_keys
 
 __all__ = ["LoadReport", "convert_release_state_dict", "load_weights", "ReleaseFormatMixin", "model_tagger_name"]
 
 logger = logging.getLogger(__name__)
-
-
-def _group(name: str) -> str:
-    parts = name.split(".")
-    return ".".join(parts[:2]) if parts[0] == "backbone" and len(parts) > 1 else parts[0]
-
-
-def _grouped(names: List[str]) -> str:
-    counts = Counter(_group(n) for n in names)
-    return ", ".join(f"{g} ({c})" for g, c in sorted(counts.items()))
-
-
-@dataclass
-class LoadReport:
-    """What happened when a checkpoint was loaded."""
-
-    converted: bool = False
-    loaded: List[str] = field(default_factory=list)
-    dropped: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)
-    unexpected: List[str] = field(default_factory=list)
-    shape_mismatch: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """Human-readable summary grouped by sub-module."""
-        lines = [f"loaded {len(self.loaded)} entries" + (" (release names converted)" if self.converted else "")]
-        if self.dropped:
-            lines.append(f"dropped {len(self.dropped)} release entries the project does not keep: {_grouped(self.dropped)}")
-        if self.missing:
-            lines.append(f"NOT FOUND in the checkpoint, kept as built: {len(self.missing)} entries: {_grouped(self.missing)}")
-        if self.unexpected:
-            lines.append(f"unexpected (ignored) {len(self.unexpected)} entries: {_grouped(self.unexpected)}; "
-                         f"e.g. {self.unexpected[:3]}")
-        for name, got, want in self.shape_mismatch[:10]:
-            lines.append(f"shape mismatch (skipped) {name}: checkpoint {got}, model {want}")
-        return "\n".join(lines)
 
 
 def model_tagger_name(model: nn.Module) -> str:
@@ -92,53 +56,58 @@ def _unwrap_checkpoint(obj: object, source: str) -> Dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
-        raise ValueError(f"{source}: expected a state dict or a detectron2 checkpoint {{'model': state_dict, ...}}")
+        raise CheckpointFileError(f"{source}: holds {type(obj).__name__}, expected a state dict (name -> tensor) "
+                                  "or a detectron2 checkpoint {'model': state_dict, ...}")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
-def load_weights(model: nn.Module, checkpoint: str | Mapping, tagger: Optional[str] = None) -> LoadReport:
-    """Load a released or project checkpoint into `model` (non-strict) and report.
+def load_weights(model: nn.Module, checkpoint: str | Mapping, tagger: Optional[str] = None,
+                 allow_partial: bool = False) -> LoadReport:
+    """Load a released or project checkpoint into `model` and report.
+
+    Frozen entries missing from the file keep their values; missing trainable parameters or
+    shape mismatches raise `CheckpointMismatchError` unless `allow_partial`.
 
     Args:
         model: the RASS model (MaskFormer-style: `backbone`, `sem_seg_head`, `criterion`).
         checkpoint: a file path (`rass.pth`, `model_final.pth`) or an already loaded object.
         tagger: the project's tagger name (default: the model's).
+        allow_partial: load whatever fits (at least one entry) and only report the rest.
 
     Returns:
         The `LoadReport` (also logged).
     """
     source = checkpoint if isinstance(checkpoint, str) else "<checkpoint>"
     if isinstance(checkpoint, str):
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"checkpoint file not found: {checkpoint} (expected rass.pth or a detectron2 .pth)")
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint_file(checkpoint, key="checkpoint")
     state = _unwrap_checkpoint(checkpoint, source)
     report = LoadReport()
     if is_release_format(state):
         state, report.dropped = convert_release_state_dict(state, tagger or model_tagger_name(model))
         report.converted = True
     own = model.state_dict()
-    usable = {}
+    usable, bad_shape, unexpected = {}, [], []
     for name, value in state.items():
         if name not in own:
-            report.unexpected.append(name)
+            unexpected.append(name)
         elif tuple(value.shape) != tuple(own[name].shape):
-            report.shape_mismatch.append((name, tuple(value.shape), tuple(own[name].shape)))
+            bad_shape.append((name, tuple(value.shape), tuple(own[name].shape)))
         else:
             usable[name] = value
+    missing = [n for n in own if n not in usable]
+    fill_load_report(report, model, missing, unexpected, bad_shape)
+    check_fit(report, source, allow_partial=allow_partial)
     model.load_state_dict(usable, strict=False)
-    report.loaded = sorted(usable)
-    report.missing = [n for n in own if n not in usable]
     logger.info("Loaded %s:\n%s", source, report.summary())
     return report
 
 
 class ReleaseFormatMixin:
-    """Mixin for a detectron2 `DetectionCheckpointer`: converts release names before loading and
-    logs a grouped summary of what was not found.
+    """Mixin for a detectron2 `DetectionCheckpointer`: converts release names before loading.
 
-    Use as `class C(ReleaseFormatMixin, DetectionCheckpointer)`; the converted report is kept in
-    `self.last_release_report`.
+    Use as `class C(ReleaseFormatMixin, DetectionCheckpointer)`; after loading a release-format
+    file, `self.last_release_report` is a `LoadReport` with `converted=True` and the dropped names
+    (its other fields are filled by `RASSCheckpointer`), else None.
     """
 
     last_release_report: Optional[LoadReport] = None
@@ -153,24 +122,5 @@ class ReleaseFormatMixin:
             self.last_release_report = LoadReport(converted=True, dropped=dropped)
             logging.getLogger(__name__).info(
                 "Release checkpoint: %d names converted, %d dropped (%s)", len(converted), len(dropped),
-                _grouped(dropped) if dropped else "none")
-        incompatible = super()._load_model(checkpoint)
-        if self.last_release_report is not None:
-            self.last_release_report.missing = list(incompatible.missing_keys)
-            self.last_release_report.unexpected = list(incompatible.unexpected_keys)
-        return incompatible
-
-    def _log_incompatible_keys(self, incompatible) -> None:
-        """Long lists (e.g. a checkpoint without the frozen Stable Diffusion parts) are summarised by
-        sub-module; short ones are logged by detectron2 as usual."""
-        if len(incompatible.missing_keys) + len(incompatible.unexpected_keys) <= 50:
-            return super()._log_incompatible_keys(incompatible)
-        log = logging.getLogger(__name__)
-        if incompatible.missing_keys:
-            log.warning("Not found in the checkpoint (kept as built): %d entries: %s",
-                        len(incompatible.missing_keys), _grouped(list(incompatible.missing_keys)))
-        if incompatible.unexpected_keys:
-            log.warning("Unexpected entries in the checkpoint (ignored): %d: %s",
-                        len(incompatible.unexpected_keys), _grouped(list(incompatible.unexpected_keys)))
-        for name, got, want in incompatible.incorrect_shapes:
-            log.warning("Skipped %s: checkpoint shape %s, model shape %s", name, tuple(got), tuple(want))
+                grouped(dropped) if dropped else "none")
+        return super()._load_model(checkpoint)

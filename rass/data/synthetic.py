@@ -5,19 +5,24 @@ or water), a mountain range, then buildings, trees, cars and people. Each class 
 shape, colour range and texture, so a small model can learn them; labels use ADE20K's 0-based
 class ids (150 classes, 255 = ignore, used for thin boundary strips between objects).
 Image `i` of a split depends only on (seed, split, i), so a dataset is reproducible and can be
-extended or resumed.
+extended or resumed. The settings that determine the files (seed, size range, generator version)
+are recorded in the dataset root; a folder made with other settings is refused unless overwritten.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from rass.utils.io import save_image_atomic
+from rass.utils.errors import UserError
+from rass.utils.io import save_image_atomic, write_text_atomic
 
 # ADE20K 0-based class ids of the classes drawn (names from detectron2's ADE20K list).
 CLASSES: Dict[str, int] = {
@@ -209,6 +214,113 @@ def image_seed(seed: int, split: str, index: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(split.encode()) + index * 7919) % (2**32)
 
 
+# Version of the generator's output for given settings; bump it whenever render_scene's bytes change.
+GENERATOR_VERSION = 1
+RECORD = "synthetic_ade20k.json"  # in the dataset root: the settings that determine the files
+_FILE_RE = {"images": re.compile(r"synth_\d{6}\.jpg"), "annotations_detectron2": re.compile(r"synth_\d{6}\.png")}
+_Indices = Dict[str, List[int]]  # split ("train" / "val") -> image indices
+
+
+class SyntheticFolderError(UserError, ValueError):
+    """The output folder holds something other than (part of) the dataset asked for."""
+
+
+def _settings(seed: int, min_size: int, max_size: int) -> Dict[str, int]:
+    return {"generator": GENERATOR_VERSION, "seed": int(seed), "min_size": int(min_size), "max_size": int(max_size)}
+
+
+def _describe(settings: Dict, keys=("seed", "min_size", "max_size", "generator")) -> str:
+    return ", ".join(f"{k} {settings.get(k)!r}" for k in keys)
+
+
+def _scan(out: str) -> Tuple[_Indices, _Indices, List[str], List[str]]:
+    """Per split the indices of complete image/label pairs and of lone halves (an interrupted run),
+    then the generated files and the files that are not generated ones (paths relative to `out`)."""
+    pairs: _Indices = {}
+    lone: _Indices = {}
+    generated: List[str] = []
+    foreign: List[str] = []
+    for split, sub in SPLITS.items():
+        found = {}
+        for top, pattern in _FILE_RE.items():
+            folder = os.path.join(out, top, sub)
+            names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+            for n in names:
+                if n.startswith("."):
+                    continue  # hidden files (e.g. a temporary file of an interrupted write)
+                rel = os.path.join(top, sub, n)
+                if pattern.fullmatch(n):
+                    generated.append(rel)
+                    found.setdefault(int(n[6:12]), set()).add(top)
+                else:
+                    foreign.append(rel)
+        pairs[split] = sorted(i for i, tops in found.items() if len(tops) == 2)
+        lone[split] = sorted(i for i, tops in found.items() if len(tops) == 1)
+    return pairs, lone, generated, foreign
+
+
+def _matches(out: str, settings: Dict, pairs: _Indices) -> Tuple[bool, str]:
+    """Whether the first generated label of the folder is the one these settings render."""
+    for split, idx in pairs.items():
+        if idx:
+            rel = os.path.join("annotations_detectron2", SPLITS[split], f"synth_{idx[0]:06d}.png")
+            try:
+                with Image.open(os.path.join(out, rel)) as im:
+                    have = np.asarray(im)
+            except Exception as e:  # noqa: BLE001 - any unreadable file is a mismatch, reported
+                return False, f"{rel} cannot be read ({type(e).__name__})"
+            seed = image_seed(settings["seed"], split, idx[0])
+            _, want = render_scene(seed, settings["min_size"], settings["max_size"])
+            return (have.shape == want.shape and np.array_equal(have, want)), rel
+    return True, ""
+
+
+def _check_folder(out: str, settings: Dict, overwrite: bool) -> Tuple[_Indices, _Indices, bool]:
+    """Refuse a folder made with other settings (unless `overwrite`: then empty it).
+
+    Returns:
+        the complete pairs kept and the lone halves per split, and whether the record must be written.
+    """
+    pairs, lone, generated, foreign = _scan(out)
+    if foreign:
+        raise SyntheticFolderError(
+            f"{out} holds files that are not part of a generated dataset (e.g. {foreign[0]}; {len(foreign)} in all)",
+            hint="give an empty or new --out folder",
+        )
+    record_path = os.path.join(out, RECORD)
+    old = None
+    if os.path.isfile(record_path):
+        try:
+            with open(record_path, "r", encoding="utf-8") as f:
+                old = json.load(f)
+        except ValueError as e:
+            old = {"record": f"unreadable ({e})"}
+        if not isinstance(old, dict):
+            old = {"record": f"not a JSON object ({type(old).__name__})"}
+    if old is not None and "record" in old and set(old) == {"record"}:
+        reason = f"{record_path} is {old['record']}, so what the folder holds is unknown"
+    elif old is not None and old != settings:
+        keys = [k for k in ("seed", "min_size", "max_size", "generator") if old.get(k) != settings.get(k)]
+        reason = (f"{out} was generated with {_describe(old, keys)}; this run asks for "
+                  f"{_describe(settings, keys)} ({RECORD})")
+    elif old is None and generated:
+        same, rel = _matches(out, settings, pairs)
+        reason = "" if same else (f"{out} holds a generated dataset that was not made with {_describe(settings)} "
+                                  f"({rel} differs; the folder has no {RECORD})")
+    else:
+        reason = ""
+    if reason and not overwrite:
+        raise SyntheticFolderError(reason, hint="use --overwrite to regenerate it, or another --out folder")
+    if overwrite and (generated or os.path.exists(record_path)):
+        if os.path.exists(record_path):
+            os.remove(record_path)
+        for rel in generated:
+            os.remove(os.path.join(out, rel))
+        pairs = lone = {split: [] for split in SPLITS}
+        old = None
+    return pairs, lone, old != settings
+
+
 def make_synthetic_ade20k(
     out: str,
     seed: int = 0,
@@ -217,11 +329,16 @@ def make_synthetic_ade20k(
     min_size: int = 256,
     max_size: int = 640,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Dict[str, int]:
-    """Write a synthetic dataset in detectron2's ADE20K layout (idempotent; existing files kept).
+    """Write a synthetic dataset in detectron2's ADE20K layout, or complete / reuse one.
 
-    ``out/images/{training,validation}/synth_XXXXXX.jpg`` (JPEG quality 95) and
-    ``out/annotations_detectron2/{training,validation}/synth_XXXXXX.png``.
+    ``out/images/{training,validation}/synth_XXXXXX.jpg`` (JPEG quality 95),
+    ``out/annotations_detectron2/{training,validation}/synth_XXXXXX.png`` and ``out/synthetic_ade20k.json``
+    (seed, size range, generator version). A folder made with the same settings is completed (missing
+    images are written, existing ones kept: image `i` depends only on seed, split and `i`); one made
+    with other settings, or holding other files, is refused with `SyntheticFolderError` unless
+    `overwrite` (then its generated files are deleted and everything is written again).
 
     Args:
         out: dataset root.
@@ -231,26 +348,39 @@ def make_synthetic_ade20k(
         min_size: smallest image side.
         max_size: largest image side.
         progress: show a progress bar.
+        overwrite: regenerate a folder made with other settings (or the same ones) from scratch.
 
     Returns:
         number of images written per split (0 when everything existed).
     """
     from tqdm import tqdm
 
+    if not 16 <= min_size <= max_size:
+        raise ValueError(f"make_synthetic_ade20k: need 16 <= min_size <= max_size, got {min_size}, {max_size}")
+    if num_train < 0 or num_val < 0:
+        raise ValueError(f"make_synthetic_ade20k: image counts must be >= 0, got {num_train}, {num_val}")
+    settings = _settings(seed, min_size, max_size)
+    have, lone, new_record = _check_folder(out, settings, overwrite)
+    if new_record:  # before any image: an interrupted run is recognised by its settings
+        write_text_atomic(os.path.join(out, RECORD), json.dumps(settings, indent=2, sort_keys=True) + "\n")
     written = {}
     for split, n in (("train", num_train), ("val", num_val)):
         sub = SPLITS[split]
         img_dir = os.path.join(out, "images", sub)
         gt_dir = os.path.join(out, "annotations_detectron2", sub)
-        count = 0
-        for i in tqdm(range(n), desc=f"synthetic {split}", disable=not progress):
+        os.makedirs(img_dir, exist_ok=True)
+        os.makedirs(gt_dir, exist_ok=True)
+        done = set(have[split])  # lone halves are completed too, also beyond n: the folder stays loadable
+        todo = sorted(set(i for i in range(n) if i not in done) | set(lone[split]))
+        for i in tqdm(todo, desc=f"synthetic {split}", disable=not progress or not todo):
             stem = f"synth_{i:06d}"
-            img_path, gt_path = os.path.join(img_dir, stem + ".jpg"), os.path.join(gt_dir, stem + ".png")
-            if os.path.isfile(img_path) and os.path.isfile(gt_path):
-                continue
             image, label = render_scene(image_seed(seed, split, i), min_size, max_size)
-            save_image_atomic(gt_path, label)
-            save_image_atomic(img_path, image, quality=95)
-            count += 1
-        written[split] = count
+            save_image_atomic(os.path.join(gt_dir, stem + ".png"), label)
+            save_image_atomic(os.path.join(img_dir, stem + ".jpg"), image, quality=95)
+        written[split] = len(todo)
     return written
+
+
+def count_images(out: str) -> Dict[str, int]:
+    """Number of complete image/label pairs per split ("train", "val") of a generated dataset folder."""
+    return {split: len(idx) for split, idx in _scan(out)[0].items()}

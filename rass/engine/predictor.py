@@ -68,7 +68,7 @@ class SemanticPredictor:
                 "(add `MODEL.WEIGHTS path/to/model_final.pth` to the overrides)"
             )
         model = build_model(cfg)  # on MODEL.DEVICE
-        RASSCheckpointer(model).load(weights)  # FileNotFoundError naming MODEL.WEIGHTS when absent
+        RASSCheckpointer(cfg, model, save_dir="").load(weights)  # errors name MODEL.WEIGHTS (missing, unreadable, misfit)
         num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         names: List[str] = []
         colors: List[List[int]] = []

@@ -5,21 +5,30 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from rass.checkpoint import RASSCheckpointer
-from rass.data.dataset_mappers import MAPPERS, SemanticDatasetMapper
+from rass.checkpoint.resume import apply_config_hyperparameters, snapshot_hyperparameters
+from rass.data.dataset_mappers import MAPPERS, PromptableDatasetMapper, SemanticDatasetMapper
+from rass.data.datasets.lqseg import EVALUATOR_TYPE as PROMPTABLE_EVALUATOR_TYPE
+from rass.engine.model_build import build_model_with_summary
 from rass.evaluation import CheckedSemSegEvaluator, format_results_table, write_eval_results, write_overlays
+from rass.evaluation.promptable import PromptableMaskEvaluator, format_promptable_table
 from rass.solver import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger("rass")
+
+
+def is_promptable(dataset_name: str) -> bool:
+    """Whether a registered dataset is a promptable-mask set (image + one object mask per image)."""
+    return MetadataCatalog.get(dataset_name).get("evaluator_type", None) == PROMPTABLE_EVALUATOR_TYPE
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -52,11 +61,36 @@ class Trainer(DefaultTrainer):
             logger.warning(f"SOLVER.AMP.ENABLED needs CUDA; training in float32 on {cfg.MODEL.DEVICE}")
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = RASSCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = RASSCheckpointer(cfg, model, allow_backbone_init=True, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Resume from OUTPUT_DIR's last checkpoint (falling back past broken ones) with the config's
+        learning-rate schedule, or load MODEL.WEIGHTS (model only) and start at iteration 0.
+
+        On resume the iteration, model and optimizer moments come from the checkpoint; SOLVER.BASE_LR
+        and the other optimizer settings are the current config's (logged when they differ).
+
+        Args:
+            resume: resume if OUTPUT_DIR has a `last_checkpoint`.
+        """
+        resuming = resume and self.checkpointer.has_checkpoint()
+        snapshot = snapshot_hyperparameters(self.optimizer, self.scheduler) if resuming else None
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resuming:
+            self.start_iter = self.iter + 1
+            change = apply_config_hyperparameters(self.optimizer, self.scheduler, snapshot, self.cfg.SOLVER.BASE_LR)
+            if change:
+                logger.info(f"resuming at iteration {self.start_iter}; {change}")
+
+    @classmethod
+    def build_model(cls, cfg) -> torch.nn.Module:
+        """The model of `cfg`; logs total / trainable parameters per part instead of the module tree
+        (printed in debug mode only) and warns about random weights only when they stay random."""
+        return build_model_with_summary(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -67,12 +101,20 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
+        """Test loader of `dataset_name`: the promptable mapper for promptable-mask datasets (LQSeg,
+        image + mask folders), else the semantic mapper."""
+        if is_promptable(dataset_name):
+            return build_detection_test_loader(cfg, dataset_name, mapper=PromptableDatasetMapper(cfg, is_train=False))
         return build_detection_test_loader(cfg, dataset_name, mapper=SemanticDatasetMapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
+        """The checked semantic evaluator (per-class Boundary IoU, short log) of `dataset_name`;
+        detectron2's files go to `output_folder` (default ``OUTPUT_DIR/inference/<dataset>``)."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if is_promptable(dataset_name):
+            return PromptableMaskEvaluator(dataset_name, distributed=True, output_dir=output_folder)
         return CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
 
     @classmethod
@@ -84,13 +126,26 @@ class Trainer(DefaultTrainer):
         return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
-    def test(cls, cfg, model: torch.nn.Module, evaluators: Optional[List[DatasetEvaluator]] = None) -> Dict:
+    def test(cls, cfg, model: torch.nn.Module, evaluators: Optional[Union[DatasetEvaluator, List[DatasetEvaluator]]] = None) -> Dict:
         """Evaluate on every dataset of DATASETS.TEST.
 
         Returns `{dataset_name: {"sem_seg": {metric: value}}}`, also written (main process) to
-        ``OUTPUT_DIR/eval_results.json``; TEST.NUM_VIS overlay PNGs per dataset go to
+        ``OUTPUT_DIR/eval_results.json`` (the full per-class dict goes only there); the log gets
+        each evaluator's per-class table (classes present) and one summary table (mIoU, fwIoU,
+        mACC, pACC, mBoundaryIoU per dataset). TEST.NUM_VIS overlay PNGs per dataset go to
         ``OUTPUT_DIR/vis/<dataset>/``.
+
+        Args:
+            cfg: the project config.
+            model: the model to evaluate.
+            evaluators: one evaluator (or a list of them) per DATASETS.TEST entry (default:
+                `build_evaluator`).
         """
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
+            raise ValueError(f"Trainer.test: {len(evaluators)} evaluators given for "
+                             f"{len(cfg.DATASETS.TEST)} datasets in DATASETS.TEST {tuple(cfg.DATASETS.TEST)}")
         results: Dict[str, Dict] = OrderedDict()
         for idx, name in enumerate(cfg.DATASETS.TEST):
             loader = cls.build_test_loader(cfg, name)
@@ -99,14 +154,20 @@ class Trainer(DefaultTrainer):
             results[name] = res
             if comm.is_main_process():
                 logger.info(f"Evaluation results for {name} in csv format:")
-                print_csv_format(res)
+                print_csv_format(res)  # the summary metrics only: it skips the per-class "-" keys
         if comm.is_main_process() and results:
-            logger.info("Semantic segmentation results:\n" + format_results_table(results))
+            semantic = OrderedDict((k, v) for k, v in results.items() if "sem_seg" in v)
+            promptable = OrderedDict((k, v) for k, v in results.items() if "promptable" in v)
+            if semantic:
+                logger.info("Semantic segmentation results:\n" + format_results_table(semantic))
+            if promptable:
+                logger.info("Promptable segmentation results (fractions 0..1, averaged over images):\n"
+                            + format_promptable_table(promptable))
             if cfg.OUTPUT_DIR:
                 write_eval_results(results, os.path.join(cfg.OUTPUT_DIR, "eval_results.json"))
                 if cfg.TEST.NUM_VIS > 0:
                     mapper = SemanticDatasetMapper(cfg, is_train=False)
-                    for name in cfg.DATASETS.TEST:
+                    for name in semantic:
                         out = os.path.join(cfg.OUTPUT_DIR, "vis", name)
                         write_overlays(_unwrap(model), mapper, name, out, cfg.TEST.NUM_VIS)
         comm.synchronize()

@@ -1,4 +1,19 @@
-from .sem_seg import CheckedSemSegEvaluator, format_results_table, write_eval_results
+from .boundary import boundary_counts, boundary_width, label_boundary_band, mask_boundary_band
+from .promptable import PromptableMaskEvaluator, format_promptable_table, mask_metrics
+from .sem_seg import CheckedSemSegEvaluator, format_class_table, format_results_table, write_eval_results
 from .visualize import write_overlays
 
-__all__ = ["CheckedSemSegEvaluator", "format_results_table", "write_eval_results", "write_overlays"]
+__all__ = [
+    "CheckedSemSegEvaluator",
+    "PromptableMaskEvaluator",
+    "boundary_counts",
+    "boundary_width",
+    "format_class_table",
+    "format_promptable_table",
+    "format_results_table",
+    "label_boundary_band",
+    "mask_boundary_band",
+    "mask_metrics",
+    "write_eval_results",
+    "write_overlays",
+]

@@ -14,6 +14,12 @@ evaluated with `rass.engine.Trainer.test` (`CheckedSemSegEvaluator`). Pre-built 
 The report (`rass.evaluation.robustness_report`) is ``robustness.json``, ``robustness.md`` and
 ``robustness.png`` in the output folder, next to the ``eval_results.json`` of all rows.
 
+Promptable-mask datasets (LQSeg, image + mask folders; `rass.data.datasets.lqseg`) work the same
+way: their copies keep the image + mask layout (`degrade_tree(layout="image_mask")`, masks
+unchanged), rows report IoU / Dice / BoundaryIoU / PixelAcc (fractions), and `compare` adds other
+models evaluated on the same rows — e.g. plain SAM next to GleSAM (`plain_sam_of`), on the same SAM
+weights and the same seeded prompts.
+
 Single process only: call it outside `torch.distributed` (not through detectron2's `launch` with
 several processes); a process group of more than one process is refused.
 """
@@ -33,6 +39,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
 from rass.data.datasets import load_sem_seg_split
+from rass.data.datasets.lqseg import EVALUATOR_TYPE as PROMPTABLE_EVALUATOR_TYPE
+from rass.data.datasets.lqseg import load_image_mask_folder
 from rass.data.degradation.offline import degrade_tree
 from rass.data.degradation.presets import PRESETS
 from rass.engine import Trainer
@@ -49,6 +57,7 @@ __all__ = [
     "parse_levels",
     "prepare_level",
     "evaluate_robustness",
+    "plain_sam_of",
 ]
 
 logger = logging.getLogger("rass")
@@ -115,14 +124,30 @@ def _dataset_dicts(name: str) -> List[dict]:
     return dicts
 
 
+def _is_promptable(name: str) -> bool:
+    return MetadataCatalog.get(name).get("evaluator_type", None) == PROMPTABLE_EVALUATOR_TYPE
+
+
+def _label_key(d: dict) -> str:
+    return "mask_file" if "mask_file" in d else "sem_seg_file_name"
+
+
 def source_split(name: str) -> Tuple[str, str, List[dict]]:
-    """Root folder and split of a dataset in the ADE20K layout, read off its file paths.
+    """Where a dataset's files are, read off its file paths.
 
     Returns:
-        (root, split, dataset dicts), with every image at ``root/images/split/`` and every label
-        at ``root/annotations_detectron2/split/``.
+        ADE20K layout: (root, split, dataset dicts), with every image at ``root/images/split/`` and
+        every label at ``root/annotations_detectron2/split/``. Promptable-mask sets: (image folder,
+        mask folder, dataset dicts).
     """
     dicts = _dataset_dicts(name)
+    if _is_promptable(name):
+        image_dir, mask_dir = os.path.dirname(dicts[0]["file_name"]), os.path.dirname(dicts[0]["mask_file"])
+        for d in dicts:
+            if os.path.dirname(d["file_name"]) != image_dir or os.path.dirname(d["mask_file"]) != mask_dir:
+                raise RobustnessError(f"Dataset {name!r}: images and masks must each lie in one folder for degraded "
+                                      f"copies ({d['file_name']} / {d['mask_file']} vs {image_dir} / {mask_dir})")
+        return image_dir, mask_dir, dicts
     image_dir = os.path.dirname(dicts[0]["file_name"])
     root, split = os.path.dirname(os.path.dirname(image_dir)), os.path.basename(image_dir)
     want_img, want_gt = os.path.join(root, "images", split), os.path.join(root, "annotations_detectron2", split)
@@ -139,7 +164,7 @@ def fingerprint(dicts: Sequence[dict]) -> str:
     """SHA-256 over the file names and bytes of every image and label of a dataset."""
     h = hashlib.sha256()
     for d in sorted(dicts, key=lambda d: d["file_name"]):
-        for key in ("file_name", "sem_seg_file_name"):
+        for key in ("file_name", _label_key(d)):
             h.update(f"{os.path.basename(d[key])}:{sha256_file(d[key])}\n".encode("utf-8"))
     return h.hexdigest()
 
@@ -163,12 +188,19 @@ def _check_source(folder: str, info: Dict) -> None:
 
 
 def _register_copy(name: str, clean: str, root: str, split: str) -> None:
-    """Register a degraded copy under `name` with the clean dataset's metadata."""
+    """Register a degraded copy under `name` with the clean dataset's metadata (`split` is "" for a
+    promptable set: its copy holds ``root/images`` and ``root/masks``)."""
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: load_sem_seg_split(name, root, split, f"the robustness cache {root}"))
-    meta = {k: v for k, v in MetadataCatalog.get(clean).as_dict().items() if k != "name"}
+    meta = {k: v for k, v in MetadataCatalog.get(clean).as_dict().items()
+            if k not in ("name", "image_dir", "mask_dir", "root_env")}
+    if _is_promptable(clean):
+        images, masks = os.path.join(root, "images"), os.path.join(root, "masks")
+        DatasetCatalog.register(name, lambda: load_image_mask_folder(name, images, masks, f"the robustness cache {root}"))
+        meta.update(image_dir=images, mask_dir=masks)
+    else:
+        DatasetCatalog.register(name, lambda: load_sem_seg_split(name, root, split, f"the robustness cache {root}"))
     MetadataCatalog.get(name).set(**meta, degraded_from=clean)
 
 
@@ -201,10 +233,17 @@ def prepare_level(
     root, split, dicts, fp = source if source is not None else (*source_split(dataset), None)
     fp = fp or fingerprint(dicts)
     folder = os.path.join(cache_dir, dataset, f"{level}_seed{int(seed)}")
-    info = {"dataset": dataset, "split": split, "num_images": len(dicts), "fingerprint": fp, "preset": level,
-            "seed": int(seed)}
+    promptable = _is_promptable(dataset)
+    info = {"dataset": dataset, "split": "" if promptable else split, "num_images": len(dicts), "fingerprint": fp,
+            "preset": level, "seed": int(seed)}
     _check_source(folder, info)
-    report = degrade_tree(root, folder, preset=level, seed=int(seed), splits=(split,), device="cpu", progress=progress)
+    if promptable:  # root, split = image folder, mask folder; the copy keeps the image size
+        report = degrade_tree(os.path.dirname(root), folder, preset=level, seed=int(seed), device="cpu",
+                              progress=progress, layout="image_mask", image_dir=root, mask_dir=split)
+        split = ""
+    else:
+        report = degrade_tree(root, folder, preset=level, seed=int(seed), splits=(split,), device="cpu",
+                              progress=progress)
     if report.failures:
         bad = "; ".join(f"{p}: {r}" for p, r in report.failures[:5])
         raise RobustnessError(
@@ -254,6 +293,17 @@ def _evaluate(cfg, model: torch.nn.Module, item: EvalSet, output_dir: str) -> Di
         ) from e
 
 
+def plain_sam_of(model: torch.nn.Module) -> torch.nn.Module:
+    """Plain SAM sharing a GleSAM model's SAM (same weights and prompts, no latent enhancement)."""
+    from rass.modeling.meta_arch import PromptableSAM
+
+    if not isinstance(model, PromptableSAM) or model.enhancer is None:
+        raise RobustnessError("Comparing with plain SAM needs a GleSAM model (META_ARCHITECTURE 'PromptableSAM' "
+                              "with MODEL.GLESAM.ENHANCE True)")
+    return PromptableSAM(sam=model.sam, transform=model.transform, enhancer=None,
+                         multimask_output=model.multimask_output, mask_threshold=model.mask_threshold).eval()
+
+
 def evaluate_robustness(
     cfg,
     model: torch.nn.Module,
@@ -265,6 +315,8 @@ def evaluate_robustness(
     cache_dir: Optional[str] = None,
     info: Optional[Dict] = None,
     progress: Optional[Callable[[int], Any]] = None,
+    compare: Optional[Dict[str, torch.nn.Module]] = None,
+    model_name: str = "model",
 ) -> Dict:
     """Evaluate `model` on every level of `dataset` and on `datasets`; write the report.
 
@@ -281,6 +333,9 @@ def evaluate_robustness(
         cache_dir: folder of the cached copies (required when a level other than "clean" is used).
         info: extra fields stored under "run" in robustness.json (e.g. config file, weights).
         progress: optional progress-bar factory for the degradation (see `prepare_level`).
+        compare: further models evaluated on every row, by name (e.g. {"SAM": plain_sam_of(model)});
+            their results go to ``<output_dir>/<name>/`` and into the report.
+        model_name: name of `model` in the report (e.g. "GleSAM").
 
     Returns:
         The report dict written to robustness.json.
@@ -319,14 +374,18 @@ def evaluate_robustness(
         items += [EvalSet(name, name) for name in datasets]
 
         results: "OrderedDict[str, Dict]" = OrderedDict()
+        others: Dict[str, "OrderedDict[str, Dict]"] = {name: OrderedDict() for name in (compare or {})}
         for item in items:
             logger.info(f"Robustness: evaluating level {item.level!r} on {item.dataset}")
             results[item.level] = _evaluate(cfg, model, item, output_dir)
+            for name, other in (compare or {}).items():
+                logger.info(f"Robustness: evaluating {name} on level {item.level!r}")
+                others[name][item.level] = _evaluate(cfg, other, item, os.path.join(output_dir, name))
         num_images = {item.level: len(DatasetCatalog.get(item.dataset)) for item in items}
 
     by_dataset = OrderedDict((it.dataset, results[it.level]) for it in items)
     write_eval_results(by_dataset, os.path.join(output_dir, "eval_results.json"))
-    run = {"dataset": dataset, "seed": int(seed), "cache_dir": cache_dir, **(info or {})}
-    report = build_report(items, results, num_images, run)
+    run = {"dataset": dataset, "seed": int(seed), "cache_dir": cache_dir, "model": model_name, **(info or {})}
+    report = build_report(items, results, num_images, run, compare=others)
     write_report(report, output_dir)
     return report

@@ -1,48 +1,198 @@
-"""Semantic-segmentation evaluation: detectron2's evaluator with checked label loading."""
+"""Semantic-segmentation evaluation: detectron2's evaluator with checked label loading, a
+per-class Boundary IoU and short, readable log tables."""
 from __future__ import annotations
 
 import json
+import logging
 import math
-from typing import Dict, Optional
+import os
+from collections import OrderedDict
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
 from detectron2.evaluation import SemSegEvaluator
+from detectron2.utils.comm import all_gather, synchronize
 from PIL import Image
+from tabulate import tabulate
 
 from rass.data.dataset_mappers.io import check_labels, load_label
 from rass.utils.io import atomic_open
 
+from .boundary import DILATION_RATIO, boundary_counts
+
+__all__ = ["CheckedSemSegEvaluator", "format_results_table", "format_class_table", "write_eval_results"]
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_METRICS = ("mIoU", "fwIoU", "mACC", "pACC", "mBoundaryIoU")
+MISSING = "–"  # printed instead of NaN / a metric that was not computed
+
+
+class _DropResultDict(logging.Filter):
+    """Drops the record `SemSegEvaluator.evaluate` logs with the whole result dict (one line of
+    ~20,000 characters for 150 classes); the dict goes to eval_results.json instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not isinstance(record.msg, Mapping)
+
+
+_detectron2_log = logging.getLogger(__name__ + ".detectron2")
+_detectron2_log.addFilter(_DropResultDict())
+
 
 class CheckedSemSegEvaluator(SemSegEvaluator):
     """`SemSegEvaluator` that reads labels with `np.asarray` (numpy 2), checks label values and
-    that each prediction has its annotation's size, and names the file when one does not.
+    that each prediction has its annotation's size (naming the file when not), and replaces
+    detectron2's label-map "BoundaryIoU" by a per-class Boundary IoU (`rass.evaluation.boundary`).
+
+    Results (``{"sem_seg": {...}}``, in %): detectron2's mIoU, fwIoU, mACC, pACC, ``IoU-<class>``
+    and ``ACC-<class>`` (NaN for a class absent from the ground truth, as detectron2), plus
+    ``mBoundaryIoU`` and ``BoundaryIoU-<class>``: band intersection / union summed over the
+    dataset, reported only for classes whose ground-truth or predicted band is non-empty, and
+    averaged over those. Instead of the whole dict, `evaluate` logs a per-class table of the
+    classes present in the ground truth or the prediction.
 
     Args:
         dataset_name: registered dataset.
         distributed: gather results across processes.
         output_dir: where detectron2 writes `sem_seg_predictions.json` (None: nowhere).
+        boundary_dilation_ratio: Boundary IoU band width as a fraction of the image diagonal.
     """
 
-    def __init__(self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        dataset_name: str,
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        boundary_dilation_ratio: float = DILATION_RATIO,
+    ) -> None:
         super().__init__(dataset_name, distributed, output_dir, sem_seg_loading_fn=self._load_checked)
+        self._compute_boundary_iou = False  # detectron2's version erodes the label map as a whole
+        self._logger = _detectron2_log
+        self._boundary_ratio = float(boundary_dilation_ratio)
+        self._last_label = None
+
+    def reset(self) -> None:
+        super().reset()
+        k = self._num_classes
+        self._b_inter, self._b_gt, self._b_pred = (np.zeros(k, dtype=np.int64) for _ in range(3))
 
     def _load_checked(self, path: str, dtype=int) -> np.ndarray:
         label = load_label(path, np.int64)
         check_labels(label, self._num_classes, self._ignore_label, path)
+        self._last_label = (path, label)  # for the boundary counts (detectron2 edits its copy)
         return label.astype(dtype)
 
+    def _check_size(self, inp: Dict, out: Dict) -> str:
+        gt_file = self.input_file_to_gt_file[inp["file_name"]]
+        with Image.open(gt_file) as im:
+            w, h = im.size
+        ph, pw = out["sem_seg"].shape[-2:]
+        if (ph, pw) != (h, w):
+            raise ValueError(
+                f"Annotation {gt_file} has size {w}x{h} (WxH) but image {inp['file_name']} "
+                f"gives a prediction of size {pw}x{ph} (WxH, the image's size)"
+            )
+        return gt_file
+
     def process(self, inputs, outputs) -> None:
+        """detectron2's confusion matrix and RLE predictions, plus this image's boundary counts.
+
+        Args:
+            inputs: dataset dicts (with "file_name").
+            outputs: model outputs, each with "sem_seg" (K x H x W scores at the image's size).
+        """
         for inp, out in zip(inputs, outputs):
-            gt_file = self.input_file_to_gt_file[inp["file_name"]]
-            with Image.open(gt_file) as im:
-                w, h = im.size
-            ph, pw = out["sem_seg"].shape[-2:]
-            if (ph, pw) != (h, w):
-                raise ValueError(
-                    f"Annotation {gt_file} has size {w}x{h} (WxH) but image {inp['file_name']} "
-                    f"gives a prediction of size {pw}x{ph} (WxH, the image's size)"
-                )
-        super().process(inputs, outputs)
+            gt_file = self._check_size(inp, out)
+            self._last_label = None
+            super().process([inp], [out])
+            if self._last_label is None or self._last_label[0] != gt_file:
+                raise RuntimeError(f"CheckedSemSegEvaluator: the annotation {gt_file} was not loaded")
+            pred = out["sem_seg"].argmax(dim=0).to("cpu").numpy()
+            inter, b_gt, b_pred = boundary_counts(
+                self._last_label[1], pred, self._num_classes, self._ignore_label, self._boundary_ratio
+            )
+            self._b_inter += inter
+            self._b_gt += b_gt
+            self._b_pred += b_pred
+            self._last_label = None
+
+    def evaluate(self) -> Optional[Dict]:
+        """Gather, compute the metrics, log the per-class table (main process) and return
+        ``{"sem_seg": metrics}``; None on the other processes."""
+        if self._distributed:
+            synchronize()
+            gathered = all_gather((self._b_inter, self._b_gt, self._b_pred))
+            self._b_inter, self._b_gt, self._b_pred = (sum(g[i] for g in gathered) for i in range(3))
+        results = super().evaluate()  # gathers the confusion matrix; None on other processes
+        if results is None:
+            return None
+        res = results["sem_seg"]
+        union = self._b_gt + self._b_pred - self._b_inter
+        present = union > 0
+        b_iou = np.where(present, self._b_inter / np.maximum(union, 1), np.nan)
+        out = OrderedDict((k, float(res[k])) for k in ("mIoU", "fwIoU", "mACC", "pACC"))
+        out["mBoundaryIoU"] = 100 * float(b_iou[present].mean()) if present.any() else float("nan")
+        for prefix in ("IoU-", "BoundaryIoU-", "ACC-"):
+            for i, name in enumerate(self._class_names):
+                if prefix == "BoundaryIoU-":
+                    if present[i]:
+                        out[prefix + name] = 100 * float(b_iou[i])
+                else:
+                    out[prefix + name] = float(res[prefix + name])
+        if self._output_dir:  # detectron2 saved the dict without the boundary metrics; plain floats
+            # load with torch.load(..., weights_only=True)
+            with atomic_open(os.path.join(self._output_dir, "sem_seg_evaluation.pth"), "wb") as f:
+                torch.save(dict(out), f)
+        conf = self._conf_matrix[:-1, :-1]
+        shown = [n for i, n in enumerate(self._class_names) if conf[:, i].sum() > 0 or conf[i, :].sum() > 0]
+        logger.info(f"Per-class results on {self._dataset_name} ({len(shown)} classes present in the "
+                    f"ground truth or the prediction):\n" + format_class_table(out, shown))
+        return OrderedDict({"sem_seg": out})
+
+
+def _num(value) -> Optional[float]:
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+def _cell(value) -> str:
+    v = _num(value)
+    return MISSING if v is None else f"{v:.2f}"
+
+
+def format_class_table(metrics: Mapping, class_names: Sequence[str]) -> str:
+    """A text table (class, IoU, Acc, BoundaryIoU in %) of the given classes.
+
+    Args:
+        metrics: one evaluator result (``IoU-<class>``, ``ACC-<class>``, ``BoundaryIoU-<class>``).
+        class_names: the classes to list, in order.
+
+    Returns:
+        The table; a value that is NaN or was not computed is printed as "–" (IoU / Acc of a class
+        absent from the ground truth, which mIoU / mACC leave out).
+    """
+    rows = [[n, _cell(metrics.get(f"IoU-{n}")), _cell(metrics.get(f"ACC-{n}")), _cell(metrics.get(f"BoundaryIoU-{n}"))]
+            for n in class_names]
+    table = tabulate(rows, headers=["class", "IoU", "Acc", "BoundaryIoU"], tablefmt="pipe",
+                     colalign=("left", "right", "right", "right"), disable_numparse=True)
+    return table + f"\n({MISSING}: class absent from the ground truth, not in mIoU / mACC)"
+
+
+def format_results_table(results: Mapping) -> str:
+    """A short text table of mIoU / fwIoU / mACC / pACC / mBoundaryIoU (%) per dataset.
+
+    Args:
+        results: ``{dataset: {"sem_seg": {metric: value}}}`` (or ``{dataset: {metric: value}}``).
+    """
+    rows = []
+    for name, res in results.items():
+        m = res.get("sem_seg", res) if isinstance(res, Mapping) else {}
+        rows.append([name, *(_cell(m.get(k)) for k in SUMMARY_METRICS)])
+    return tabulate(rows, headers=["dataset", *SUMMARY_METRICS], tablefmt="pipe",
+                    colalign=("left",) + ("right",) * len(SUMMARY_METRICS), disable_numparse=True)
 
 
 def _jsonable(obj):
@@ -62,13 +212,3 @@ def write_eval_results(results: Dict, path: str) -> None:
     atomically."""
     with atomic_open(path, "w") as f:
         json.dump(_jsonable(results), f, indent=2, allow_nan=False)
-
-
-def format_results_table(results: Dict) -> str:
-    """A short text table of mIoU / fwIoU / mACC / pACC per dataset."""
-    lines = [f"{'dataset':<34} {'mIoU':>7} {'fwIoU':>7} {'mACC':>7} {'pACC':>7}"]
-    for name, res in results.items():
-        m = res.get("sem_seg", res) if isinstance(res, dict) else {}
-        vals = [m.get(k, float("nan")) for k in ("mIoU", "fwIoU", "mACC", "pACC")]
-        lines.append(f"{name:<34} " + " ".join(f"{v:7.2f}" for v in vals))
-    return "\n".join(lines)

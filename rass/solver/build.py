@@ -1,4 +1,4 @@
-"""Optimiser (AdamW/SGD, backbone LR multiplier, full-model gradient clipping) and LR schedules."""
+"""Optimiser (AdamW/Adam/SGD, backbone LR multiplier, full-model gradient clipping) and LR schedules."""
 from __future__ import annotations
 
 import itertools
@@ -70,10 +70,12 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "ADAMW":
         cls, kwargs = torch.optim.AdamW, {}
+    elif name == "ADAM":  # weight decay added to the gradient (L2), as GleSAM's stage 2 (torch.optim.Adam)
+        cls, kwargs = torch.optim.Adam, {}
     elif name == "SGD":
         cls, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
     else:
-        raise ValueError(f"SOLVER.OPTIMIZER: unknown optimizer {cfg.SOLVER.OPTIMIZER!r}; expected ADAMW or SGD")
+        raise ValueError(f"SOLVER.OPTIMIZER: unknown optimizer {cfg.SOLVER.OPTIMIZER!r}; expected ADAMW, ADAM or SGD")
     clip = cfg.SOLVER.CLIP_GRADIENTS
     if clip.ENABLED:
         if clip.CLIP_TYPE == "full_model":

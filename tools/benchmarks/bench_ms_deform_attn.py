@@ -20,8 +20,10 @@ import torch
 from rass.ops import kernel_available, ms_deform_attn
 
 
-def make_inputs(batch: int, levels: Sequence[int], heads: int, head_dim: int, points: int, seed: int = 0):
-    """Random inputs; `levels` are square side lengths; one query per value token."""
+def make_inputs(batch: int, levels: Sequence[int], heads: int, head_dim: int, points: int, seed: int = 0,
+                device: str = "cpu"):
+    """Random inputs (drawn on the CPU, then moved to `device`); `levels` are square side lengths; one query
+    per value token."""
     g = torch.Generator().manual_seed(seed)
     shapes = torch.tensor([[s, s] for s in levels], dtype=torch.long)
     sizes = shapes.prod(1)
@@ -31,22 +33,27 @@ def make_inputs(batch: int, levels: Sequence[int], heads: int, head_dim: int, po
     loc = torch.rand(batch, s, heads, len(levels), points, 2, generator=g)
     w = torch.rand(batch, s, heads, len(levels), points, generator=g)
     w = w / w.sum((-1, -2), keepdim=True)
-    return value, shapes, starts, loc, w
+    return tuple(t.to(device) for t in (value, shapes, starts, loc, w))
 
 
-def time_it(fn: Callable[[], None], warmup: int, repeats: int) -> List[float]:
+def time_it(fn: Callable[[], None], warmup: int, repeats: int, sync: Callable[[], None] = lambda: None) -> List[float]:
+    """Wall-clock seconds of `repeats` calls after `warmup` calls; `sync` waits for queued device work."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return times
 
 
 def bench(backend: str, inputs, warmup: int, repeats: int) -> Dict[str, float]:
+    """Median seconds of a forward (no_grad) and a forward+backward on `inputs` (any one device)."""
     value, shapes, starts, loc, w = inputs
+    sync = torch.cuda.synchronize if value.device.type == "cuda" else (lambda: None)
 
     def forward():
         with torch.no_grad():
@@ -54,7 +61,7 @@ def bench(backend: str, inputs, warmup: int, repeats: int) -> Dict[str, float]:
 
     leaves = [t.clone().requires_grad_(True) for t in (value, loc, w)]
     grad = torch.randn(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3],
-                       generator=torch.Generator().manual_seed(1))
+                       generator=torch.Generator().manual_seed(1)).to(value.device)
 
     def forward_backward():
         for t in leaves:
@@ -63,8 +70,8 @@ def bench(backend: str, inputs, warmup: int, repeats: int) -> Dict[str, float]:
         out.backward(grad)
 
     return {
-        "forward": statistics.median(time_it(forward, warmup, repeats)),
-        "forward+backward": statistics.median(time_it(forward_backward, warmup, repeats)),
+        "forward": statistics.median(time_it(forward, warmup, repeats, sync)),
+        "forward+backward": statistics.median(time_it(forward_backward, warmup, repeats, sync)),
     }
 
 

@@ -90,17 +90,21 @@ class RssSampler:
         self._thread.join()
 
 
+def random_weight_opts(tagger: str) -> List[str]:
+    """Overrides of CONFIG that build the released architecture with random weights (no file is read)."""
+    return ["MODEL.RASS.SD_PATH", "", "MODEL.RASS.RESTORATION_LORA_PATH", "",
+            "MODEL.TAGGER.NAME", tagger, "MODEL.TAGGER.RAM.WEIGHTS", "", "MODEL.TAGGER.RAM.TAG_LIST", "",
+            "MODEL.TAGGER.RAM.THRESHOLDS", "", "MODEL.TAGGER.DAPE.WEIGHTS", "", "MODEL.TAGGER.RAM.CACHE", "False"]
+
+
 def build(tagger: str, threads: int):
     from detectron2.modeling import build_model
 
     from rass.config import setup_cfg
 
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.RASS.SD_PATH", "", "MODEL.RASS.RESTORATION_LORA_PATH", "",
-            "MODEL.TAGGER.NAME", tagger, "MODEL.TAGGER.RAM.WEIGHTS", "", "MODEL.TAGGER.RAM.TAG_LIST", "",
-            "MODEL.TAGGER.RAM.THRESHOLDS", "", "MODEL.TAGGER.DAPE.WEIGHTS", "", "MODEL.TAGGER.RAM.CACHE", "False"]
     torch.manual_seed(0)
     torch.set_num_threads(threads)
-    model = build_model(setup_cfg(CONFIG, opts))
+    model = build_model(setup_cfg(CONFIG, ["MODEL.DEVICE", "cpu"] + random_weight_opts(tagger)))
     return model.eval()
 
 

@@ -14,14 +14,18 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
+from rass.utils.paths import project_path
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 IGNORE_LABEL = 255
 NUM_ADE20K_CLASSES = len(ADE20K_SEM_SEG_CATEGORIES)  # 150
 
 
 def datasets_root() -> str:
-    """The detectron2 datasets root: ``$DETECTRON2_DATASETS`` or ``./datasets``."""
-    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+    """The detectron2 datasets root: ``$DETECTRON2_DATASETS`` (relative: to the current folder), else the
+    repository's ``datasets/`` folder (a built-in default, see `rass.utils.paths`)."""
+    value = os.getenv("DETECTRON2_DATASETS")
+    return os.path.expanduser(value) if value else project_path("datasets")
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class DatasetRoot:
 
     Args:
         env_var: environment variable that, when set, gives the root (joined with `env_subdir`).
-        default_subdir: folder under ``$DETECTRON2_DATASETS`` (default ``./datasets``) otherwise.
+        default_subdir: folder under ``$DETECTRON2_DATASETS`` (default: the repository's ``datasets/``) otherwise.
         env_subdir: sub-folder of the env var's value that is the root ("" = the value itself).
     """
 
@@ -47,7 +51,7 @@ class DatasetRoot:
     def describe(self) -> str:
         env = f"${self.env_var}/{self.env_subdir}" if self.env_subdir else f"${self.env_var}"
         if self.env_var == "DETECTRON2_DATASETS":
-            return f"{env}, default ./datasets/{self.default_subdir}"
+            return f"{env}, default <repository>/datasets/{self.default_subdir}"
         return f"{env}, otherwise $DETECTRON2_DATASETS/{self.default_subdir}"
 
 

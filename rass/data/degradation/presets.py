@@ -10,12 +10,16 @@ Presets:
   low-resolution result is resized back to the input size (bilinear) and re-quantised.
 - "lqseg_1" / "lqseg_2" / "lqseg_3": GleSAM's LQSeg levels — the "rass" model with the
   second-stage resize target divided by 1 / 2 / 4 (slight → severe).
+- "lqseg_train": GleSAM's online training degradation (`options/lrseg_add_mask_multi_dataset_ms.yaml`):
+  first-stage resize probabilities [0.1, 0.2, 0.7] over [0.5, 1.5], the second-stage divisor drawn
+  per image from [1, 2, 3, 3, 4, 4, 4, 4] (P(1) = P(2) = 1/8, P(3) = 1/4, P(4) = 1/2), output at
+  the input size; kernels, noise and JPEG as "rass".
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .kernels import KERNEL_TYPES
 
@@ -64,6 +68,8 @@ class DegradationSpec:
     resize_range2: Tuple[float, float] = (0.3, 1.2)
     resize_modes2: Tuple[str, ...] = _MODES
     second_resize_divisor: float = 1.0  # LQSeg level factor dividing the second-stage target size
+    # per-image divisor drawn uniformly from this list (repeats = weights; replaces the fixed one); None: fixed
+    second_resize_divisors: Optional[Tuple[float, ...]] = None
     gaussian_noise_prob2: float = 0.5
     noise_range2: Tuple[float, float] = (1.0, 25.0)
     poisson_scale_range2: Tuple[float, float] = (0.05, 2.5)
@@ -76,8 +82,9 @@ class DegradationSpec:
     final_resize_sinc_first_prob: float = 0.5  # P[(resize back + sinc) then JPEG]; else JPEG first
 
     def to_dict(self) -> Dict[str, Any]:
-        """Plain-Python dict (lists for tuples), e.g. for a manifest."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Plain-Python dict (lists for tuples), e.g. for a manifest. Optional values that are off
+        (None) are left out, so a spec recorded before such a value existed still compares equal."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 def spec_field_names() -> Tuple[str, ...]:
@@ -93,6 +100,10 @@ PRESETS: Dict[str, DegradationSpec] = {
     "lqseg_1": dataclasses.replace(_RASS, second_resize_divisor=1.0),
     "lqseg_2": dataclasses.replace(_RASS, second_resize_divisor=2.0),
     "lqseg_3": dataclasses.replace(_RASS, second_resize_divisor=4.0),
+    "lqseg_train": dataclasses.replace(
+        _RASS, resize_prob=(0.1, 0.2, 0.7), resize_range=(0.5, 1.5),
+        second_resize_divisors=(1.0, 2.0, 3.0, 3.0, 4.0, 4.0, 4.0, 4.0),
+    ),
 }
 
 _PAIRS = {f.name for f in dataclasses.fields(DegradationSpec) if f.type.startswith("Tuple[float, float]") or f.type == "Tuple[int, int]"}
@@ -103,8 +114,15 @@ _PROBS = {n for n in spec_field_names() if n.endswith("_prob") or n.endswith("_p
 _INT_TUPLES = ("kernel_range", "jpeg_range", "jpeg_range2")
 
 
+_OPTIONAL_FLOAT_TUPLES = ("second_resize_divisors",)
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Give an override the type of the preset value (YAML lists → tuples, ints → floats)."""
+    if name in _OPTIONAL_FLOAT_TUPLES:
+        if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
+            return None  # an empty list switches the per-image draw off
+        default = default if default is not None else (1.0,)
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"Degradation value {name!r} must be a list, got {value!r}")
@@ -174,6 +192,8 @@ def _validate(spec: DegradationSpec) -> None:
             fail(name, "expected 0 < low <= 1 <= high (up-scales are drawn in [1, high], down-scales in [low, 1])")
     if spec.second_resize_divisor <= 0:
         fail("second_resize_divisor", "expected a positive number")
+    if spec.second_resize_divisors is not None and any(v <= 0 for v in spec.second_resize_divisors):
+        fail("second_resize_divisors", "expected a list of positive numbers (or None / [] for the fixed second_resize_divisor)")
 
 
 def get_spec(preset: str, **overrides: Any) -> DegradationSpec:

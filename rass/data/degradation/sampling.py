@@ -6,7 +6,10 @@ is a plain, JSON-serialisable dict (recorded in manifests and returned for loggi
 
 Quirks of the release kept on purpose:
 - the first-stage resize uses `scale_factor` (output size floor(H·s), sampling grid scaled by 1/s);
-- the second-stage target is int(H / scale · s / divisor), relative to the *original* size;
+- the second-stage target is int(H / scale · s / divisor), relative to the *original* size; the
+  divisor is `second_resize_divisor`, or drawn uniformly per image from `second_resize_divisors`
+  when that list is set (GleSAM's training `ds_scale`; the draw is skipped otherwise, so the other
+  presets' parameters are unchanged);
 - anisotropic σy is drawn from the same range as σx; rotation in [-π, π];
 - β of generalized/plateau kernels is drawn from [β_low, 1] or [1, β_high] with equal chance
   (so plateau β = 1 half the time with the published [1, 2]);
@@ -126,9 +129,12 @@ def sample_params(spec: DegradationSpec, seed: int, height: int, width: int) -> 
 
     p["blur2"] = _blur_kernel(s, spec, second=True) if s.uniform() < spec.second_blur_prob else None
     scale2 = _updown_scale(s, spec.resize_prob2, spec.resize_range2)
-    div = spec.scale * spec.second_resize_divisor
+    divisor = spec.second_resize_divisor
+    if spec.second_resize_divisors is not None:  # GleSAM's training `ds_scale`, drawn where the release draws it
+        divisor = float(s.choice(spec.second_resize_divisors))
+    div = spec.scale * divisor
     h2, w2 = max(1, int(height / div * scale2)), max(1, int(width / div * scale2))
-    p["resize2"] = {"scale": scale2, "mode": s.choice(spec.resize_modes2), "size": [h2, w2]}
+    p["resize2"] = {"scale": scale2, "mode": s.choice(spec.resize_modes2), "size": [h2, w2], "divisor": float(divisor)}
     p["noise2"] = _noise(s, spec, second=True)
 
     order = "resize_sinc_jpeg" if s.uniform() < spec.final_resize_sinc_first_prob else "jpeg_resize_sinc"

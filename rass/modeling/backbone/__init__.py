@@ -1,5 +1,5 @@
-"""Restoration-adapted Stable Diffusion backbone (`RASS`), its feature projection, LoRA handling,
-prompt embeddings and sliding-window inference."""
+"""Restoration-adapted Stable Diffusion backbone (`RASS`), its feature taps and projection, prompt
+embeddings and sliding-window inference (SD loading and LoRA are shared: `rass.modeling.diffusion`)."""
 from .feature_projection import FeatureProjection
 from .rass_backbone import RASS
 from .sliding_window import sliding_window_features, window_boxes

@@ -6,12 +6,12 @@ needs by hooking them for the duration of a forward pass (no forked model code).
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["capture_outputs", "resolve_taps"]
+__all__ = ["capture_outputs", "resolve_taps", "tap_shape"]
 
 
 def resolve_taps(root: nn.Module, paths: Sequence[str]) -> Dict[str, nn.Module]:
@@ -59,3 +59,29 @@ def capture_outputs(modules: Dict[str, nn.Module]) -> Iterator[Dict[str, torch.T
     finally:
         for h in handles:
             h.remove()
+
+
+def tap_shape(parts_or_configs: Any, tap: str) -> Optional[tuple]:
+    """(channels, stride w.r.t. the image) of a tapped VAE-encoder / UNet block, from the configs.
+
+    Args:
+        parts_or_configs: an `SDParts` (uses `.vae.config` / `.unet.config`).
+        tap: "vae.encoder.down_blocks.<i>" or "unet.up_blocks.<i>" or "unet.down_blocks.<i>".
+
+    Returns:
+        (channels, stride), or None for other module paths.
+    """
+    vae_cfg, unet_cfg = parts_or_configs.vae.config, parts_or_configs.unet.config
+    parts = tap.split(".")
+    vae_channels = list(vae_cfg.block_out_channels)
+    latent_stride = 2 ** (len(vae_channels) - 1)
+    unet_channels = list(unet_cfg.block_out_channels)
+    n = len(unet_channels)
+    index = int(parts[-1]) if parts[-1].isdigit() else -1
+    if parts[:3] == ["vae", "encoder", "down_blocks"] and len(parts) == 4 and 0 <= index < len(vae_channels):
+        return vae_channels[index], 2 ** min(index + 1, len(vae_channels) - 1)
+    if parts[:2] == ["unet", "down_blocks"] and len(parts) == 3 and 0 <= index < n:
+        return unet_channels[index], latent_stride * 2 ** min(index + 1, n - 1)
+    if parts[:2] == ["unet", "up_blocks"] and len(parts) == 3 and 0 <= index < n:
+        return unet_channels[::-1][index], latent_stride * 2 ** max(n - 2 - index, 0)
+    return None

@@ -1,7 +1,9 @@
 """The restoration-adapted diffusion backbone, registered as `RASS` in detectron2's BACKBONE_REGISTRY.
 
-Input: the low-quality image in [-1, 1], B x 3 x H x W; `size_divisibility` is 64 (H, W multiples of
-32, the largest feature stride, are accepted).
+Input: the low-quality image in [-1, 1], B x 3 x H x W with H, W multiples of 8 (the VAE's
+down-sampling factor), as released (its config pads to 8; `size_divisibility` reports the release's
+preferred 64 for MODEL.MASK_FORMER.SIZE_DIVISIBILITY -1). Taps of a size that is not a multiple of
+their stride are resized (nearest) to floor(H / stride) x floor(W / stride), as released.
   1. prompts: a tagger reads the image (the clean one in training or the LQ one, configurable) and
      returns one prompt per image; CLIP text embeddings of the prompts are cached;
   2. the frozen VAE encoder gives the latent (posterior sample or mean) x scaling factor, and its
@@ -25,13 +27,14 @@ from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from torch import nn
 
+from rass.modeling.diffusion.lora import (
+    TRAINABLE_ADAPTER, add_trainable_lora, merge_osediff_lora, read_osediff_lora, select_lora_targets)
+from rass.modeling.diffusion.sd_components import SDParts, build_sd_parts
 from rass.modeling.tagging import build_tagger
 
 from .feature_projection import FeatureProjection
-from .feature_taps import capture_outputs, resolve_taps
-from .lora import TRAINABLE_ADAPTER, add_trainable_lora, merge_osediff_lora, read_osediff_lora, select_lora_targets
+from .feature_taps import capture_outputs, resolve_taps, tap_shape
 from .prompt_embedding import PromptEmbeddingCache
-from .sd_components import SDParts, build_sd_parts, tap_shape
 from .sliding_window import sliding_window_features
 
 __all__ = ["RASS", "TAGGER_INPUTS"]
@@ -40,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 TAGGER_INPUTS = ("clean_train_lq_test", "lq")
 SIZE_DIVISIBILITY = 64
+# Input sides must be multiples of this: the VAE encoder's down-sampling factor (the release pads to 8).
+MIN_DIVISIBILITY = 8
 
 
 def _infer(parts: SDParts, taps: Sequence[str], given: Sequence[int], what: str, index: int) -> List[int]:
@@ -109,7 +114,8 @@ class RASS(Backbone):
         self.latent = latent
         self.seed = int(seed)
         self.tagger_input = tagger_input
-        self.prompt_cache = prompt_cache or PromptEmbeddingCache()
+        # (an empty cache is falsy: test for None, or the configured size/suffix would be replaced)
+        self.prompt_cache = PromptEmbeddingCache() if prompt_cache is None else prompt_cache
         self.sliding_window_enabled, self.window_size, self.window_stride, self.window_batch = sliding_window
         self._generator: Optional[torch.Generator] = None
         if gradient_checkpointing:
@@ -264,7 +270,7 @@ class RASS(Backbone):
         """Features res2..res5 of a batch.
 
         Args:
-            images: B x 3 x H x W LQ input in [-1, 1], H and W multiples of 32 (64 recommended).
+            images: B x 3 x H x W LQ input in [-1, 1], H and W multiples of 8.
             clean_images: optional clean images in [0, 1] for the tagger (training).
             prompts: optional prompts; when given the tagger is not run.
 
@@ -272,10 +278,10 @@ class RASS(Backbone):
             name -> B x C x H/stride x W/stride.
         """
         h, w = images.shape[-2:]
-        align = max(self._out_feature_strides.values())
+        align = MIN_DIVISIBILITY
         if h % align or w % align:
-            raise ValueError(f"RASS backbone input {h}x{w} is not a multiple of {align} (the largest feature "
-                             f"stride); pad it, e.g. ImageList.from_tensors(..., size_divisibility={SIZE_DIVISIBILITY})")
+            raise ValueError(f"RASS backbone input {h}x{w} is not a multiple of {align} (the VAE's down-sampling "
+                             f"factor); pad it, e.g. MODEL.MASK_FORMER.SIZE_DIVISIBILITY {align} (as released)")
         if prompts is None:
             prompts = self.prompts_for(images, clean_images)
         if len(prompts) != images.shape[0]:

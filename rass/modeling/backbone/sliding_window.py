@@ -4,12 +4,19 @@ The input is covered by square windows (side = the short side and stride = side 
 W x H image with W > H gets ceil(W / H) windows, the last one flush with the border). Every window
 goes through the backbone (windows batched), and the projected features are written back at their
 positions and averaged where windows overlap.
+
+Placement, as released: the features of window [x1, x2) at stride s go to columns
+[x1 // s, x2 // s) (rows likewise). The window side needs to be a multiple of 8 only, so a window's
+feature may be one column narrower or wider than that slice (e.g. side 120 at stride 32: 3 columns
+for a slice of 4); the release fails on such windows, here the window's features are resized
+(nearest) to the slice, which leaves every slice that the release handles untouched.
 """
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Tuple
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["window_boxes", "sliding_window_features"]
 
@@ -48,7 +55,7 @@ def sliding_window_features(
     size: int = 0,
     stride: int = 0,
     batch_size: int = 4,
-    align: int = 64,
+    align: int = 8,
 ) -> Dict[str, torch.Tensor]:
     """Features of `images` computed window by window and averaged where windows overlap.
 
@@ -60,7 +67,7 @@ def sliding_window_features(
         size: window side (0 = the short side; larger values are clamped to it).
         stride: window step (0 = size).
         batch_size: windows per `extract` call.
-        align: window side and step must be multiples of this (the backbone's size divisibility).
+        align: window side and step must be multiples of this (the VAE's down-sampling factor).
 
     Returns:
         name -> B x C x H/stride x W/stride.
@@ -71,7 +78,7 @@ def sliding_window_features(
     for key, v in (("SIZE", side), ("STRIDE", step)):
         if v % align:
             raise ValueError(f"MODEL.RASS.SLIDING_WINDOW.{key}: {v} is not a multiple of {align} "
-                             f"(input {h}x{w}; pad the input to a multiple of {align})")
+                             f"(input {h}x{w}; window sides and steps must be multiples of {align})")
     boxes = window_boxes(h, w, side, step)
     jobs = [(i, box) for i in range(b) for box in boxes]
     out: Dict[str, torch.Tensor] = {}
@@ -87,7 +94,11 @@ def sliding_window_features(
                 out[name] = f.new_zeros((b, f.shape[1], h // s, w // s))
                 count[name] = f.new_zeros((1, 1, h // s, w // s))
             for j, (i, (y1, x1, y2, x2)) in enumerate(chunk):
-                out[name][i, :, y1 // s:y2 // s, x1 // s:x2 // s] += f[j]
+                fj = f[j]
+                slot = (y2 // s - y1 // s, x2 // s - x1 // s)
+                if tuple(fj.shape[-2:]) != slot:
+                    fj = F.interpolate(fj[None], size=slot, mode="nearest")[0]
+                out[name][i, :, y1 // s:y2 // s, x1 // s:x2 // s] += fj
                 if i == 0:
                     count[name][0, 0, y1 // s:y2 // s, x1 // s:x2 // s] += 1
     return {name: out[name] / count[name] for name in out}

@@ -4,7 +4,8 @@ A tagger *is* the RAM network (it subclasses `RAM`), so its `state_dict()` names
 the released ones: `ram` has the 1042 names of `ram_swin_large_14m.pth`, `dape` the 1290 names of
 the LoRA variant (RASS stores both as `backbone.feature_extractor.{ram,dape}.<name>`).
 
-Inference, as in RAM / the RASS release: resize to IMAGE_SIZE (bilinear, antialias), ImageNet
+Inference, as in RAM / the RASS release: resize to IMAGE_SIZE (bilinear; without antialiasing as
+the release's torchvision 0.16 `transforms.Resize` on tensors, or with it: MODEL.TAGGER.RAM.ANTIALIAS), ImageNet
 normalisation, sigmoid of the tag logits, a tag is kept when its probability is strictly above
 its class threshold, deleted indices are dropped, tags are joined with ", " in tag-list order.
 Taggers are frozen and always run their network in eval mode without gradients; on CUDA they
@@ -45,6 +46,7 @@ class RAMTagger(RAM, Tagger):
         default_threshold: threshold used when `thresholds` is None.
         delete_tag_indices: class indices never emitted.
         image_size: square input side of the network (384).
+        antialias: antialias the bilinear resize to `image_size` (False: the release's resize).
         pixel_mean: RGB mean on the 0..1 scale.
         pixel_std: RGB std on the 0..1 scale.
         swin: Swin hyper-parameters (default Swin-L).
@@ -71,6 +73,7 @@ class RAMTagger(RAM, Tagger):
         default_threshold: float = 0.68,
         delete_tag_indices: Sequence[int] = (),
         image_size: int = 384,
+        antialias: bool = False,
         pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
         pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
         swin: Optional[Dict[str, object]] = None,
@@ -109,6 +112,7 @@ class RAMTagger(RAM, Tagger):
             raise ValueError(f"MODEL.TAGGER.RAM.BATCH_SIZE must be >= 1, got {batch_size}")
         self.cuda_dtype = _DTYPES[dtype]
         self.batch_size = int(batch_size)
+        self.antialias = bool(antialias)
         self.pixel_mean = tuple(float(v) for v in pixel_mean)
         self.pixel_std = tuple(float(v) for v in pixel_std)
         self.cache_enabled = bool(cache)
@@ -147,6 +151,7 @@ class RAMTagger(RAM, Tagger):
             "default_threshold": c.DEFAULT_THRESHOLD,
             "delete_tag_indices": list(c.DELETE_TAG_INDICES),
             "image_size": c.IMAGE_SIZE,
+            "antialias": c.ANTIALIAS,
             "pixel_mean": list(c.PIXEL_MEAN),
             "pixel_std": list(c.PIXEL_STD),
             "swin": dict(embed_dim=c.SWIN_EMBED_DIM, depths=tuple(c.SWIN_DEPTHS), num_heads=tuple(c.SWIN_NUM_HEADS),
@@ -188,11 +193,12 @@ class RAMTagger(RAM, Tagger):
 
     # ------------------------------------------------------------------ inference
     def resize(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [0, 1] -> float32 [B, 3, S, S] (bilinear, antialias; no-op at size S)."""
+        """[B, 3, H, W] in [0, 1] -> float32 [B, 3, S, S] (bilinear, antialiased when `antialias`;
+        no-op at size S)."""
         x = images.float()
         s = self.image_size
         if tuple(x.shape[-2:]) != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=self.antialias)
         return x
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """UNet LoRA with peft: the restoration LoRA (OSEDiff format, the release's `scr.pkl`) loaded and
-merged, and the new trainable adapter on the released target layers.
+merged, and trainable adapters on selected layers (RASS: `select_lora_targets`, GleSAM:
+`match_lora_targets` = peft's own list rule). Reading/writing diffusers-format LoRA files is in
+`lora_files.py`.
 
 OSEDiff format — a `torch.save`d dict with
   `rank_unet` (int), `unet_lora_encoder_modules` / `unet_lora_decoder_modules` /
@@ -23,7 +25,7 @@ from torch import nn
 
 __all__ = [
     "OSEDIFF_ADAPTERS", "TRAINABLE_ADAPTER", "read_osediff_lora", "merge_osediff_lora",
-    "select_lora_targets", "add_trainable_lora", "merge_and_unwrap",
+    "select_lora_targets", "match_lora_targets", "add_trainable_lora", "merge_and_unwrap",
 ]
 
 logger = logging.getLogger(__name__)
@@ -171,25 +173,57 @@ def select_lora_targets(unet: nn.Module, patterns: Sequence[str]) -> List[str]:
     return targets
 
 
+def match_lora_targets(model: nn.Module, suffixes: Sequence[str], key: str = "LORA_TARGETS") -> List[str]:
+    """The Linear/Conv2d layers a peft `LoraConfig(target_modules=<list>)` wraps: every module whose
+    name equals one of `suffixes` or ends with "." + one of them (peft's rule for a list).
+
+    Args:
+        model: the model (without adapters).
+        suffixes: module-name suffixes, e.g. "to_q", "ff.net.0.proj", "conv_in".
+        key: config key named in the error when a suffix matches nothing.
+
+    Returns:
+        Module names in the model's module order.
+    """
+    suffixes = list(suffixes)
+    found = {s: 0 for s in suffixes}
+    targets = []
+    for name, module in model.named_modules():
+        hits = [s for s in suffixes if name == s or name.endswith("." + s)]
+        if hits and isinstance(module, (nn.Linear, nn.Conv2d)):
+            targets.append(name)
+            for s in hits:
+                found[s] += 1
+    unused = [s for s, n in found.items() if n == 0]
+    if unused:
+        raise ValueError(f"{key}: {unused} match no Linear/Conv2d layer of the {type(model).__name__}")
+    return targets
+
+
 def add_trainable_lora(unet: nn.Module, targets: Sequence[str], rank: int, alpha: float,
-                       adapter_name: str = TRAINABLE_ADAPTER) -> Dict[str, int]:
-    """Inject the trainable adapter (Gaussian A, zero B, as released) on `targets`.
+                       adapter_name: str = TRAINABLE_ADAPTER, init_lora_weights: bool | str = "gaussian",
+                       key: str = "MODEL.RASS") -> Dict[str, int]:
+    """Inject a trainable adapter on `targets` (B is zero, so the model's output is unchanged).
 
     Args:
         unet: the UNet (restoration LoRA already merged).
-        targets: module names (see `select_lora_targets`).
+        targets: module names (see `select_lora_targets`, `match_lora_targets`).
         rank: LoRA rank (> 0).
         alpha: LoRA alpha.
         adapter_name: the adapter's name.
+        init_lora_weights: peft's A initialisation: "gaussian" (RASS, as released) or True (peft's
+            default Kaiming-uniform, GleSAM as released).
+        key: config-key prefix named in error messages.
 
     Returns:
         {"layers": number of wrapped layers, "params": number of LoRA values}.
     """
     if rank <= 0:
-        raise ValueError(f"MODEL.RASS.LORA_RANK must be > 0 to add an adapter, got {rank}")
+        raise ValueError(f"{key}.LORA_RANK must be > 0 to add an adapter, got {rank}")
     if not targets:
-        raise ValueError("MODEL.RASS.LORA_TARGETS selects no UNet layer")
-    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=_exact(targets))
+        raise ValueError(f"{key}.LORA_TARGETS selects no UNet layer")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights=init_lora_weights,
+                        target_modules=_exact(targets))
     _drop_peft_config(unet)
     inject_adapter_in_model(config, unet, adapter_name=adapter_name)
     lora = [p for n, p in unet.named_parameters() if f".{adapter_name}." in n and "lora_" in n]

@@ -1,0 +1,238 @@
+#!/usr/bin/env python
+"""Promptable segmentation with SAM / GleSAM on your images: masks for points and boxes.
+
+    python demo/demo_sam.py --config-file configs/lqseg/glesam_vitl_sd21.yaml --input photo.jpg \\
+        --points 120,80 300,200,0 --output out/
+    python demo/demo_sam.py --config-file configs/lqseg/glesam_vitl_sd21.yaml --input photos/ --box 10,20,300,240 \\
+        --compare --output out/
+    python demo/demo_sam.py --config-file configs/lqseg/tiny_glesam.yaml --input "imgs/*.png" --prompts prompts.json
+
+Prompts are pixel coordinates of each input image: `--points x,y[,label] ...` (label 1 positive,
+the default, or 0 negative) and/or `--box x1,y1,x2,y2`, the same for every image, or `--prompts
+FILE.json` — either one object {"points": [[x, y], ...], "labels": [1, ...], "box": [x1, y1, x2, y2]}
+for every image or {"<file name or stem>": {...}, ...} per image (command-line prompts are used for
+images the file does not name). A point or box outside an image is an error naming it.
+
+With `--output` each image gives `<name>.png` (the mask over the image, prompts drawn: positive
+points green, negative red, the box blue) and `<name>_mask.png` (0/255). `--compare` runs plain SAM
+(MODEL.GLESAM.ENHANCE off, the same SAM weights) and GleSAM on the same prompts: `<name>.png` shows
+SAM | GleSAM side by side, masks go to `<name>_sam_mask.png` and `<name>_glesam_mask.png`, and the IoU
+between the two masks is printed. Without `--output` the mask area and SAM's predicted IoU are printed.
+Weights: MODEL.SAM.CHECKPOINT, MODEL.GLESAM.LORA_PATH (and MODEL.WEIGHTS for a project checkpoint),
+as `KEY VALUE` pairs after `--opts`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rass.config import setup_cfg  # noqa: E402
+from rass.data.dataset_mappers.io import read_image_checked  # noqa: E402
+from rass.engine import PromptablePredictor  # noqa: E402
+from rass.modeling.meta_arch import PromptableSAM  # noqa: E402
+from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, enable_debug, run_cli  # noqa: E402
+from rass.utils.errors import UserError  # noqa: E402
+from rass.utils.inputs import collect_image_paths  # noqa: E402
+from rass.utils.io import save_image_atomic  # noqa: E402
+from rass.utils.outputs import check_writable, image_outputs  # noqa: E402
+
+Prompt = Dict[str, object]
+MASK_COLOR = (30, 144, 255)
+
+
+class PromptError(UserError, ValueError):
+    """A prompt given on the command line or in the prompts file is malformed."""
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, metavar="FILE", help="a configs/lqseg/*.yaml config")
+    p.add_argument("--input", nargs="+", required=True, help="images, folders or glob patterns")
+    p.add_argument("--points", nargs="*", default=[], metavar="X,Y[,LABEL]", help="point prompts (label 1 or 0)")
+    p.add_argument("--box", default=None, metavar="X1,Y1,X2,Y2", help="box prompt")
+    p.add_argument("--prompts", default=None, metavar="FILE.json", help="prompts for all or for each image")
+    p.add_argument("--compare", action="store_true", help="plain SAM and GleSAM side by side on the same prompts")
+    p.add_argument("--output", default=None, help="folder (or a .png/.jpg file for one input)")
+    p.add_argument("--opacity", type=float, default=0.5, help="mask opacity in the overlay")
+    p.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------- prompts
+def _numbers(text: str, n: Tuple[int, ...], what: str) -> List[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in n:
+        raise PromptError(f"{what} {text!r}: expected {' or '.join(str(k) for k in n)} comma-separated numbers")
+    return values
+
+
+def command_line_prompt(points: Sequence[str], box: Optional[str]) -> Optional[Prompt]:
+    """The --points / --box prompt (None when neither is given)."""
+    if not points and box is None:
+        return None
+    coords, labels = [], []
+    for text in points:
+        v = _numbers(text, (2, 3), "--points")
+        if len(v) == 3 and v[2] not in (0.0, 1.0):
+            raise PromptError(f"--points {text!r}: the label must be 1 (positive) or 0 (negative)")
+        coords.append(v[:2])
+        labels.append(int(v[2]) if len(v) == 3 else 1)
+    return {"points": coords, "labels": labels, "box": _numbers(box, (4,), "--box") if box is not None else None}
+
+
+def _check_prompt(p: object, where: str) -> Prompt:
+    if not isinstance(p, dict) or not set(p) <= {"points", "labels", "box"} or not p:
+        raise PromptError(f"{where}: expected an object with 'points' ([[x, y], ...]), optional 'labels' and/or "
+                          f"'box' ([x1, y1, x2, y2]), got {json.dumps(p)[:120]}")
+    points = p.get("points") or []
+    if not all(isinstance(q, list) and len(q) == 2 and all(isinstance(c, (int, float)) for c in q) for q in points):
+        raise PromptError(f"{where}: 'points' must be a list of [x, y] pairs")
+    labels = p.get("labels")
+    if labels is not None and (len(labels) != len(points) or any(v not in (0, 1) for v in labels)):
+        raise PromptError(f"{where}: 'labels' must give 0 or 1 for each of the {len(points)} points")
+    box = p.get("box")
+    if box is not None and (len(box) != 4 or not all(isinstance(c, (int, float)) for c in box)):
+        raise PromptError(f"{where}: 'box' must be [x1, y1, x2, y2]")
+    if not points and box is None:
+        raise PromptError(f"{where}: neither points nor a box")
+    return {"points": points, "labels": labels if labels is not None else [1] * len(points), "box": box}
+
+
+def read_prompt_file(path: str) -> Tuple[Optional[Prompt], Dict[str, Prompt]]:
+    """(prompt for every image or None, {file name or stem: prompt})."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise PromptError(f"--prompts {path}: cannot be read ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise PromptError(f"--prompts {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(data, dict) and set(data) <= {"points", "labels", "box"}:
+        return _check_prompt(data, f"--prompts {path}"), {}
+    if not isinstance(data, dict):
+        raise PromptError(f"--prompts {path}: expected a JSON object (one prompt, or file name -> prompt)")
+    return None, {str(k): _check_prompt(v, f"--prompts {path}, entry {k!r}") for k, v in data.items()}
+
+
+def prompts_for(paths: Sequence[str], cli: Optional[Prompt], shared: Optional[Prompt],
+                per_image: Dict[str, Prompt]) -> Dict[str, Prompt]:
+    """The prompt of each input image; an image with none is an error naming it."""
+    out, missing = {}, []
+    for path in paths:
+        name = os.path.basename(path)
+        p = per_image.get(name) or per_image.get(os.path.splitext(name)[0]) or shared or cli
+        if p is None:
+            missing.append(path)
+        else:
+            out[path] = p
+    unused = sorted(k for k in per_image if all(k not in (os.path.basename(q), os.path.splitext(os.path.basename(q))[0])
+                                                 for q in paths))
+    if missing:
+        raise PromptError(f"no prompt for {len(missing)} image(s), e.g. {missing[0]}",
+                          hint="give --points / --box, or name the image in the --prompts file")
+    if unused:
+        print(f"note: --prompts entries for no input image: {', '.join(unused[:5])}", file=sys.stderr)
+    return out
+
+
+# ----------------------------------------------------------------- rendering
+def draw(image: np.ndarray, mask: np.ndarray, prompt: Prompt, opacity: float, title: str = "") -> np.ndarray:
+    """The image with the mask tinted and the prompts drawn (RGB uint8)."""
+    out = image.astype(np.float32)
+    out[mask] = (1 - opacity) * out[mask] + opacity * np.asarray(MASK_COLOR, np.float32)
+    out = np.ascontiguousarray(out.round().astype(np.uint8))
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
+    r = max(3, round(max(image.shape[:2]) / 100))
+    if prompt.get("box") is not None:
+        x1, y1, x2, y2 = (int(round(v)) for v in prompt["box"])
+        cv2.rectangle(out, (x1, y1), (x2, y2), (40, 90, 255), max(1, r // 2))
+    for (x, y), label in zip(prompt["points"], prompt["labels"]):
+        color = (40, 220, 40) if label == 1 else (230, 40, 40)
+        cv2.circle(out, (int(round(x)), int(round(y))), r, color, -1)
+        cv2.circle(out, (int(round(x)), int(round(y))), r, (255, 255, 255), 1)
+    if title:
+        cv2.putText(out, title, (5, 5 + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 2, cv2.LINE_AA)
+        cv2.putText(out, title, (5, 5 + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks (1 when both are empty)."""
+    union = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b)) / union if union else 1.0
+
+
+def predict(predictor: PromptablePredictor, image: np.ndarray, prompt: Prompt) -> Tuple[np.ndarray, float]:
+    out = predictor(image, points=prompt["points"] or None, labels=prompt["labels"] or None, box=prompt["box"])
+    return out["masks"].cpu().numpy(), float(out["iou_pred"])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.debug:
+        enable_debug()
+    if len(args.opts) % 2:
+        raise UserError(f"--opts must be KEY VALUE pairs, got {args.opts}")
+    cli = command_line_prompt(args.points, args.box)
+    shared, per_image = read_prompt_file(args.prompts) if args.prompts else (None, {})
+    paths, problems = collect_image_paths(args.input)
+    for spec, reason in problems:
+        print(f"error: {spec}: {reason}", file=sys.stderr)
+    if not paths:
+        raise UserError("no input image could be found", hint="give image files, folders or glob patterns")
+    prompts = prompts_for(paths, cli, shared, per_image)
+    outs = image_outputs(paths, args.output, extra="_mask") if args.output else {}
+    for folder in sorted({os.path.dirname(o) for pair in outs.values() for o in pair if o}):
+        check_writable(args.output, folder)  # before any model is built
+    cfg = setup_cfg(args.config_file, list(args.opts) + (["MODEL.GLESAM.ENHANCE", "True"] if args.compare else []))
+    gle = PromptablePredictor(cfg)
+    sam = None
+    if args.compare:
+        m = gle.model
+        sam = PromptablePredictor(model=PromptableSAM(sam=m.sam, transform=m.transform, enhancer=None,
+                                                      multimask_output=m.multimask_output,
+                                                      mask_threshold=m.mask_threshold))
+    failed = len(problems)
+    for path in paths:
+        try:
+            image = read_image_checked(path, "RGB")
+            mask, iou = predict(gle, image, prompts[path])
+            area = 100.0 * mask.mean()
+            name = "GleSAM" if gle.enhanced else "SAM"
+            line = f"{path}: {name} mask {area:.1f}% of the image, predicted IoU {iou:.3f}"
+            views = [draw(image, mask, prompts[path], args.opacity, f"{name} (pred. IoU {iou:.2f})")]
+            masks = {"mask": mask}
+            if sam is not None:
+                smask, siou = predict(sam, image, prompts[path])
+                line += f"; SAM {100.0 * smask.mean():.1f}%, predicted IoU {siou:.3f}; IoU SAM vs GleSAM " \
+                        f"{mask_iou(smask, mask):.3f}"
+                views.insert(0, draw(image, smask, prompts[path], args.opacity, f"SAM (pred. IoU {siou:.2f})"))
+                masks = {"sam_mask": smask, "glesam_mask": mask}
+            print(line)
+            if outs:
+                overlay_path, _ = outs[path]
+                save_image_atomic(overlay_path, np.concatenate(views, axis=1))
+                stem = os.path.splitext(overlay_path)[0]
+                for suffix, m in masks.items():
+                    save_image_atomic(f"{stem}_{suffix}.png", m.astype(np.uint8) * 255)
+        except (UserError, ValueError, OSError) as e:
+            print(f"error: {path}: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

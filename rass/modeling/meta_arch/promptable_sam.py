@@ -1,0 +1,258 @@
+"""Promptable segmentation with SAM, optionally with GleSAM's generative latent enhancement.
+
+Registered as META_ARCHITECTURE "PromptableSAM". One model for both methods, so that SAM and
+GleSAM are compared by the same code on the same prompts:
+  1. SAM preprocessing (`SamImageTransform`: longest side to MODEL.SAM.IMAGE_SIZE, bilinear with
+     antialias, SAM mean/std, zero padding);
+  2. SAM's image encoder -> z_L (B x 256 x 64 x 64), frozen;
+  3. MODEL.GLESAM.ENHANCE: one pass of the CRE UNet (`LatentEnhancer`) -> ẑ_H; else z_L as is;
+  4. SAM's prompt encoder + mask decoder per image, with that image's prompts (points, boxes or
+     both), single- or multi-mask output (MODEL.SAM.MULTIMASK_OUTPUT; with several masks the one of
+     highest predicted IoU is returned, SAM's convention);
+  5. mask logits back to the output size (the dataset dict's height/width, e.g. the GT mask's size):
+     when SAM's input is square and unpadded (GleSAM's 512x512 inputs) the 256x256 decoder logits
+     are resized bilinearly straight to that size, as GleSAM's evaluation does; otherwise SAM's
+     `postprocess_masks` (upsample, crop the padding, resize).
+
+Input dicts (`rass.data.dataset_mappers.PromptableDatasetMapper`): "image" uint8 3 x h x w RGB,
+"point_coords" [P, N, 2] (x, y) and "point_labels" [P, N] (1 positive, 0 negative, -1 padding)
+and/or "boxes" [P, 4] xyxy, all in the image's pixel frame; optional "height", "width" (output
+size, default the image's). Output per image: "mask_logits" [P, H, W] float, "masks" [P, H, W] bool
+(logits > MODEL.SAM.MASK_THRESHOLD), "iou_pred" [P] (SAM's predicted IoU of the returned mask).
+
+Training (MODEL.GLESAM.STAGE "denoise" = GleSAM's stage 1, "decoder" = stage 2; see
+`glesam_training`): the input dicts of the "promptable" mapper (is_train=True) also carry "gt_mask";
+the model degrades the clean "image" itself (INPUT.DEGRADATION, DEVICE "model"), runs SAM's frozen
+encoder on both, and returns the stage's loss dict. STAGE "none" is inference only.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from torch import nn
+
+from rass.checkpoint.sam_loader import load_sam_checkpoint
+from rass.modeling.enhancement import LatentEnhancer
+from rass.modeling.sam import SamImageTransform, build_sam, embedding_shape, sam_image_embeddings, sam_predict
+
+from .glesam_training import STAGE1_LOSSES, STAGES, select_trainable, stage1_paper_loss, stage2_loss
+
+__all__ = ["PromptableSAM"]
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class PromptableSAM(nn.Module):
+    """SAM (transformers `SamModel`) with an optional GleSAM latent enhancer between encoder and decoder.
+
+    Args:
+        sam: the SAM model (weights already loaded).
+        transform: SAM's pre/postprocessing.
+        enhancer: GleSAM's `LatentEnhancer`, or None for plain SAM.
+        multimask_output: decode SAM's 3 masks and return the best-scored one (False: mask token 0).
+        mask_threshold: logit threshold of the binary masks.
+        stage: "none" (inference only: every parameter frozen), "denoise" or "decoder" (GleSAM's
+            training stages; they set which parameters train, see `glesam_training.select_trainable`).
+        stage1_loss: "paper" (the only stage-1 loss wired here; "release" is rejected).
+        degradation: callable (list of unpadded 3 x H x W float 0..255 images) -> degraded list, making
+            the LQ training images (required by the training stages).
+        dice_weight, focal_weight: stage-2 loss weights.
+    """
+
+    @configurable
+    def __init__(self, *, sam: nn.Module, transform: SamImageTransform, enhancer: Optional[LatentEnhancer] = None,
+                 multimask_output: bool = False, mask_threshold: float = 0.0, stage: str = "none",
+                 stage1_loss: str = "paper", degradation: Optional[Callable] = None, dice_weight: float = 1.0,
+                 focal_weight: float = 1.0) -> None:
+        super().__init__()
+        channels = embedding_shape(sam)[0]
+        if enhancer is not None and enhancer.channels != channels:
+            raise ValueError(f"MODEL.GLESAM.LATENT_CHANNELS is {enhancer.channels} but this SAM's image embedding "
+                             f"has {channels} channels")
+        if transform.target != int(sam.config.vision_config.image_size):
+            raise ValueError(f"MODEL.SAM.IMAGE_SIZE {transform.target} differs from the SAM model's input side "
+                             f"{sam.config.vision_config.image_size}")
+        self.sam = sam
+        self.enhancer = enhancer
+        self.transform = transform
+        self.multimask_output = bool(multimask_output)
+        self.mask_threshold = float(mask_threshold)
+        if stage not in STAGES:
+            raise ValueError(f"MODEL.GLESAM.STAGE must be one of {STAGES}, got {stage!r}")
+        if stage1_loss not in STAGE1_LOSSES:
+            raise ValueError(f"MODEL.GLESAM.STAGE1_LOSS must be one of {STAGE1_LOSSES}, got {stage1_loss!r}")
+        if stage == "denoise" and stage1_loss != "paper":
+            raise NotImplementedError(f"MODEL.GLESAM.STAGE1_LOSS {stage1_loss!r} (DMD2 + GAN) is not wired into "
+                                      "training yet; use 'paper'")
+        if stage != "none" and degradation is None:
+            raise ValueError(f"MODEL.GLESAM.STAGE {stage!r} makes the low-quality training images on the model side: "
+                             "set INPUT.DEGRADATION.ENABLED True and INPUT.DEGRADATION.DEVICE 'model'")
+        self.stage = stage
+        self.stage1_loss = stage1_loss
+        self.degradation = degradation
+        self.dice_weight, self.focal_weight = float(dice_weight), float(focal_weight)
+        # every part frozen except the stage's trainable parameters (none for inference)
+        self.trainable_names = select_trainable(sam, enhancer, stage)
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        s = cfg.MODEL.SAM
+        meta = cfg.MODEL.DEVICE == "meta" or torch.get_default_device().type == "meta"
+        device = torch.device("meta" if meta else "cpu")
+        sam = build_sam(s.VARIANT, s.IMAGE_SIZE, device)
+        if s.CHECKPOINT and not meta:
+            report = load_sam_checkpoint(sam, s.CHECKPOINT, base_path=s.BASE_CHECKPOINT)
+            logger.info("%s", report)
+        elif s.CHECKPOINT:
+            logger.info("meta device: SAM checkpoint %s not read (shapes only)", s.CHECKPOINT)
+        elif not meta:
+            logger.warning("MODEL.SAM.CHECKPOINT is empty: SAM %s has RANDOM weights (fine for tests, not for "
+                           "real use)", s.VARIANT)
+        enhancer = LatentEnhancer(cfg) if cfg.MODEL.GLESAM.ENHANCE else None
+        model_device = torch.device(cfg.MODEL.DEVICE) if not meta else device
+        g, d = cfg.MODEL.GLESAM, cfg.INPUT.DEGRADATION
+        degradation = None
+        if g.STAGE != "none" and d.ENABLED and d.DEVICE == "model":
+            from rass.data.degradation import OnlineDegradation
+
+            degradation = OnlineDegradation(cfg)
+        return {
+            "sam": sam.to(model_device) if not meta else sam,
+            "transform": SamImageTransform(cfg),
+            "enhancer": enhancer.to(model_device) if enhancer is not None and not meta else enhancer,
+            "multimask_output": s.MULTIMASK_OUTPUT,
+            "mask_threshold": s.MASK_THRESHOLD,
+            "stage": g.STAGE,
+            "stage1_loss": g.STAGE1_LOSS,
+            "degradation": degradation,
+            "dice_weight": g.DICE_WEIGHT,
+            "focal_weight": g.FOCAL_WEIGHT,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.mask_decoder.iou_token.weight.device
+
+    def analysis_parts(self) -> Dict[str, List[str]]:
+        """Parts reported by tools/analyze_model.py (names of child modules)."""
+        parts = {"sam_image_encoder": ["sam.vision_encoder"], "sam_prompt_encoder": ["sam.prompt_encoder"],
+                 "sam_mask_decoder": ["sam.mask_decoder"]}
+        if self.enhancer is not None:
+            parts["gle_unet"] = ["enhancer.unet"]
+        return parts
+
+    # ---------------------------------------------------------------- forward
+    def encode(self, images: List[torch.Tensor]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
+        """SAM image embeddings z (not enhanced) of RGB images (uint8 or float, 0..255).
+
+        Args:
+            images: 3 x h x w tensors (any sizes).
+
+        Returns:
+            (B x 256 x 64 x 64 embeddings, the resized (unpadded) size of each image in SAM's frame).
+        """
+        pixels, valid = [], []
+        for image in images:
+            x, hw = self.transform(image.to(self.device))
+            pixels.append(x)
+            valid.append(hw)
+        return sam_image_embeddings(self.sam, torch.cat(pixels)), valid
+
+    def image_embeddings(self, images: List[torch.Tensor]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
+        """SAM image embeddings (enhanced with MODEL.GLESAM.ENHANCE) of uint8 RGB images.
+
+        Args:
+            images: 3 x h x w tensors (any sizes).
+
+        Returns:
+            (B x 256 x 64 x 64 embeddings, the resized (unpadded) size of each image in SAM's frame).
+        """
+        z, valid = self.encode(images)
+        if self.enhancer is not None:
+            z = self.enhancer(z)
+        return z, valid
+
+    def _prompts(self, inp: Dict, hw: Tuple[int, int]) -> Dict[str, Optional[torch.Tensor]]:
+        coords, labels, boxes = inp.get("point_coords"), inp.get("point_labels"), inp.get("boxes")
+        if coords is None and boxes is None:
+            raise ValueError(f"{inp.get('file_name', 'input')}: no prompt (expected 'point_coords'/'point_labels' "
+                             f"and/or 'boxes')")
+        out: Dict[str, Optional[torch.Tensor]] = {"point_coords": None, "point_labels": None, "boxes": None}
+        if coords is not None:
+            if labels is None:
+                raise ValueError(f"{inp.get('file_name', 'input')}: 'point_coords' without 'point_labels'")
+            out["point_coords"] = self.transform.apply_coords(torch.as_tensor(coords), hw)[None]
+            out["point_labels"] = torch.as_tensor(labels)[None]
+        if boxes is not None:
+            out["boxes"] = self.transform.apply_boxes(torch.as_tensor(boxes), hw)[None]
+        return out
+
+    def to_output_size(self, low_res: torch.Tensor, valid_hw: Tuple[int, int], out_hw: Tuple[int, int]) -> torch.Tensor:
+        """Decoder logits [..., 256, 256] -> [..., H, W] (see the module doc for the rule)."""
+        target = self.transform.target
+        if tuple(valid_hw) == (target, target):
+            lead = low_res.shape[:-2]
+            x = F.interpolate(low_res.reshape(-1, 1, *low_res.shape[-2:]).float(), size=tuple(out_hw),
+                              mode="bilinear", align_corners=False)
+            return x.reshape(*lead, *out_hw)
+        return self.transform.postprocess_masks(low_res, valid_hw, out_hw)
+
+    def training_losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
+        """The loss dict of MODEL.GLESAM.STAGE on a batch of the "promptable" mapper (is_train=True).
+
+        Args:
+            batched_inputs: dicts with "image" (clean, uint8 3 x h x w) and, for "decoder", "gt_mask"
+                (bool H x W) and the prompts.
+
+        Returns:
+            "denoise": {"loss_mse"}; "decoder": {"loss_dice", "loss_focal"} (weighted).
+        """
+        clean = [x["image"].to(self.device, torch.float32) for x in batched_inputs]
+        low = self.degradation(clean)
+        if self.stage == "denoise":
+            with torch.no_grad():  # SAM is frozen: z_H (clean) and z_L (degraded) in one encoder pass
+                z, _ = self.encode(clean + low)
+            return stage1_paper_loss(self.enhancer, z[len(clean):], z[:len(clean)])
+        with torch.no_grad():
+            z, valid = self.image_embeddings(low)  # enhanced (UNet + LoRA frozen) when ENHANCE
+        logits, masks = [], []
+        for i, inp in enumerate(batched_inputs):
+            if "gt_mask" not in inp:
+                raise KeyError(f"{inp.get('file_name', 'input')}: stage 'decoder' needs 'gt_mask' (the promptable "
+                               f"mapper with is_train=True gives it); got keys {sorted(inp)}")
+            hw = tuple(int(v) for v in inp["image"].shape[-2:])
+            low_res, _ = sam_predict(self.sam, z[i:i + 1], multimask_output=False, **self._prompts(inp, hw))
+            logits.append(self.to_output_size(low_res[0, :, 0], valid[i], hw))  # P x h x w
+            masks.append(inp["gt_mask"].to(self.device))
+        return stage2_loss(logits, masks, self.dice_weight, self.focal_weight)
+
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
+        """Masks for the prompts of each image (see the module doc for the dict keys); in training mode
+        the loss dict of MODEL.GLESAM.STAGE (`training_losses`)."""
+        if self.training:
+            if self.stage == "none":
+                raise NotImplementedError("PromptableSAM with MODEL.GLESAM.STAGE 'none' is inference only: call "
+                                          "model.eval() for predictions, or set MODEL.GLESAM.STAGE to 'denoise' "
+                                          "(stage 1) or 'decoder' (stage 2) to train")
+            return self.training_losses(batched_inputs)
+        with torch.no_grad():
+            z, valid = self.image_embeddings([x["image"] for x in batched_inputs])
+            results = []
+            for i, inp in enumerate(batched_inputs):
+                h, w = (int(v) for v in inp["image"].shape[-2:])
+                out_hw = (int(inp.get("height", h)), int(inp.get("width", w)))
+                low_res, iou = sam_predict(self.sam, z[i:i + 1], multimask_output=self.multimask_output,
+                                           **self._prompts(inp, (h, w)))
+                low_res, iou = low_res[0], iou[0]  # P x M x 256 x 256, P x M
+                best = iou.argmax(dim=1)
+                pick = torch.arange(low_res.shape[0], device=low_res.device)
+                low_res, iou = low_res[pick, best], iou[pick, best]
+                logits = self.to_output_size(low_res, valid[i], out_hw)
+                results.append({"mask_logits": logits, "masks": logits > self.mask_threshold, "iou_pred": iou})
+        return results

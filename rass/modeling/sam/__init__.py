@@ -1,0 +1,11 @@
+"""SAM (transformers' `SamModel`, composed): variant configs and builder, SAM's preprocessing and
+mask postprocessing, and prompted decoding on (optionally enhanced) image embeddings. Weights in
+segment-anything names load with `rass.checkpoint.load_sam_checkpoint`."""
+from .build import SAM_EMBED_CHANNELS, SAM_VARIANTS, SamVariant, build_sam, sam_config
+from .predict import embedding_shape, sam_image_embeddings, sam_predict
+from .transforms import SAM_PIXEL_MEAN, SAM_PIXEL_STD, SamImageTransform
+
+__all__ = [
+    "SAM_EMBED_CHANNELS", "SAM_VARIANTS", "SamVariant", "build_sam", "sam_config", "embedding_shape",
+    "sam_image_embeddings", "sam_predict", "SAM_PIXEL_MEAN", "SAM_PIXEL_STD", "SamImageTransform",
+]
