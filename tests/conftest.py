@@ -25,6 +25,21 @@ def _seed_everything():
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def load_script(relpath: str, name: str):
+    """Import a command-line script of the repository (tools/*.py, demo/*.py) as a module.
+
+    Args:
+        relpath: path below the repository root, e.g. "tools/eval_robustness.py".
+        name: module name to give it.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """A small generated ADE20K-format dataset (24 train / 6 val images, 128..224 px)."""

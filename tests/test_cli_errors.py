@@ -1,6 +1,5 @@
 """User errors at the command line: one short message (traceback only in debug mode), output checks
 before the model runs, a short plain-text log, and the project's defaults found from any folder."""
-import importlib.util
 import logging
 import os
 import re
@@ -15,7 +14,7 @@ import yaml
 from rass.config import setup_cfg
 from rass.utils import cli
 from rass.utils.errors import UserError
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 TRAIN_NET = os.path.join(REPO, "train_net.py")
 FPN = os.path.join(REPO, "configs/quickstart/tiny_semantic_fpn.yaml")
@@ -185,10 +184,7 @@ def test_config_errors_name_the_file_and_quote_the_value(tmp_path):
 
 
 def _load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(os.path.relpath(path, REPO), name)
 
 
 def test_train_net_without_config_or_with_a_broken_one_is_one_message(tmp_path, capsys, monkeypatch):

@@ -1,21 +1,18 @@
 """tools/degrade_dataset.py on a generated ADE20K-format tree."""
 import hashlib
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
+from tests.conftest import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("degrade_dataset", os.path.join(ROOT, "tools", "degrade_dataset.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tools/degrade_dataset.py", "degrade_dataset")
 
 
 def _make_tree(root, n=3):

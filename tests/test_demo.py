@@ -1,5 +1,4 @@
 """demo/demo.py: folders with a broken image, label PNGs, overlays, summaries, legend, video round trip."""
-import importlib.util
 import os
 import re
 import subprocess
@@ -13,17 +12,14 @@ from PIL import Image
 
 from rass.config import setup_cfg
 from rass.engine import SemanticPredictor
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 from tests.test_predictor import CFG, save_tiny_checkpoint
 
 DEMO = os.path.join(REPO, "demo", "demo.py")
 
 
 def _load_demo():
-    spec = importlib.util.spec_from_file_location("rass_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demo/demo.py", "rass_demo")
 
 
 demo = _load_demo()

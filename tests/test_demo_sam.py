@@ -2,7 +2,6 @@
 and mask PNGs, --compare, and errors reported before the model is built (tiny SAM/GleSAM, CPU)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -12,17 +11,14 @@ from PIL import Image
 
 from rass.config import setup_cfg
 from rass.engine import PromptablePredictor
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 DEMO = os.path.join(REPO, "demo", "demo_sam.py")
 CFG = os.path.join(REPO, "configs", "lqseg", "tiny_glesam.yaml")
 
 
 def _load_demo():
-    spec = importlib.util.spec_from_file_location("rass_demo_sam", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demo/demo_sam.py", "rass_demo_sam")
 
 
 demo = _load_demo()

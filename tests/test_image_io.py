@@ -1,6 +1,5 @@
 """The one image reader (rass.data.dataset_mappers.io): every bit depth and mode gives the right
 8-bit RGB image or a refusal naming the file; label maps are read as their values."""
-import importlib.util
 import os
 import struct
 import sys
@@ -22,7 +21,7 @@ from rass.data.dataset_mappers.io import (
     sixteen_to_eight,
 )
 from rass.utils.errors import UserError
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 RNG = np.random.default_rng(7)
 U8_RGB = RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)
@@ -271,10 +270,7 @@ class _RecordingPredictor:
 
 
 def _load_module(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(os.path.relpath(path, REPO), name)
 
 
 def test_demo_and_tagging_tool_decode_a_16bit_rgb_image(tmp_path, monkeypatch):

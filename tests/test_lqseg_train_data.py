@@ -15,6 +15,7 @@ import rass  # noqa: F401  (registers the datasets)
 from rass.config import setup_cfg
 from rass.data.degradation import Degradation, OnlineDegradation, get_spec
 from rass.data.degradation.sampling import sample_params
+from tests.conftest import load_script
 
 N_SEEDS = 4000  # binomial std of a frequency <= sqrt(0.25 / 4000) = 0.008; tolerances are ~4 std
 
@@ -206,11 +207,7 @@ def test_synthetic_training_split(tmp_path, monkeypatch):
 
 
 def test_make_synthetic_lqseg_tool(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_synthetic_lqseg_tool", os.path.join(os.path.dirname(__file__), "..", "tools", "make_synthetic_lqseg.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/make_synthetic_lqseg.py", "make_synthetic_lqseg_tool")
     out = str(tmp_path / "t")
     args = ["--out", out, "--num-images", "1", "--num-train", "2", "--levels", "1", "--min-size", "24", "--max-size", "32"]
     assert tool.main(args) == 0

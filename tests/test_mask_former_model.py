@@ -12,6 +12,7 @@ from detectron2.structures import Instances
 from rass.config import setup_cfg
 from rass.modeling.meta_arch import MaskFormer
 from rass.modeling.point_sampling import SeededPointGenerator
+from tests.conftest import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "quickstart", "tiny_maskformer_r18.yaml")
@@ -171,13 +172,9 @@ def test_panoptic_and_instance_outputs_are_refused():
 
 
 def test_analyze_model_counts_parameters_and_deformable_attention_flops(tmp_path):
-    import importlib.util
-
     from rass.ops import kernel_available
 
-    spec = importlib.util.spec_from_file_location("analyze_model", os.path.join(ROOT, "tools", "analyze_model.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/analyze_model.py", "analyze_model")
     res = tool.main(["--config-file", TINY, "--height", "128", "--width", "128", "--json", str(tmp_path / "a.json")])
     model = _model()
     assert res["total_params"] == sum(p.numel() for p in model.parameters())

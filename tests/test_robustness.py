@@ -1,6 +1,5 @@
 """Robustness evaluation across degradation levels (tiny Semantic FPN, generated data, CPU)."""
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -11,7 +10,7 @@ from detectron2.data import DatasetCatalog
 from PIL import Image
 
 from rass.config import setup_cfg
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 CFG = os.path.join(REPO, "configs/quickstart/tiny_semantic_fpn.yaml")
 FAST = ["DATALOADER.NUM_WORKERS", "0", "INPUT.CROP.SIZE", "(128, 128)", "INPUT.MIN_SIZE_TRAIN", "(128,)",
@@ -20,10 +19,7 @@ METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("eval_robustness", os.path.join(REPO, "tools", "eval_robustness.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tools/eval_robustness.py", "eval_robustness")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 LQSeg-layout data, CPU): pre-built level sets and copies made with the lqseg presets."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -10,17 +9,14 @@ import pytest
 import torch
 
 from rass.config import setup_cfg
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 CFG = os.path.join(REPO, "configs", "lqseg", "tiny_glesam.yaml")
 METRICS = ("IoU", "Dice", "BoundaryIoU", "PixelAcc")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("eval_robustness", os.path.join(REPO, "tools", "eval_robustness.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tools/eval_robustness.py", "eval_robustness")
 
 
 @pytest.fixture(scope="module")

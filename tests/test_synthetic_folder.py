@@ -1,23 +1,18 @@
 """tools/make_synthetic_ade20k.py on an existing folder: reuse, complete, refuse other settings, --overwrite."""
 import hashlib
-import importlib.util
 import json
 import os
 
 import pytest
 
 from rass.data.synthetic import RECORD, SyntheticFolderError, count_images, make_synthetic_ade20k
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 SMALL = dict(num_train=3, num_val=2, min_size=32, max_size=48, progress=False)
 
 
 def _tool():
-    path = os.path.join(REPO, "tools", "make_synthetic_ade20k.py")
-    spec = importlib.util.spec_from_file_location("make_synthetic_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/make_synthetic_ade20k.py", "make_synthetic_tool")
 
 
 TOOL = _tool()

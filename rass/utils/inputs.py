@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -37,3 +37,21 @@ def collect_image_paths(specs: Sequence[str]) -> Tuple[List[str], List[Tuple[str
             problems.append((spec, "no such file or folder"))
         paths += [f for f in found if f not in paths]
     return paths, problems
+
+
+def files_by_stem(folder: str, exts: Sequence[str]) -> Dict[str, str]:
+    """The files of `folder` with one of the extensions `exts` (case-insensitive; hidden files
+    skipped), by stem, sorted by name; two files with one stem are an error naming both.
+
+    Args:
+        folder: a folder.
+        exts: lower-case extensions with the dot, e.g. (".png",).
+    """
+    out: Dict[str, str] = {}
+    for name in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in exts and not name.startswith("."):
+            if stem in out:
+                raise ValueError(f"{folder}: two files share the stem {stem!r}: {os.path.basename(out[stem])}, {name}")
+            out[stem] = os.path.join(folder, name)
+    return out

@@ -36,10 +36,12 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
+
+from rass.utils.inputs import files_by_stem
 
 from .sem_seg import DatasetRoot
 
@@ -107,17 +109,6 @@ LQSEG_TRAIN_SETS: Tuple[LQSegTrainSet, ...] = (
 SYNTHETIC_TRAIN_SET = LQSegTrainSet("synthetic", ("Synthetic",), image_dirs=("images",), mask_dirs=("masks",))
 
 
-def _files(folder: str, exts: Sequence[str]) -> Dict[str, str]:
-    out: Dict[str, str] = {}
-    for name in sorted(os.listdir(folder)):
-        stem, ext = os.path.splitext(name)
-        if ext.lower() in exts and not name.startswith("."):
-            if stem in out:
-                raise ValueError(f"{folder}: two files share the stem {stem!r}: {os.path.basename(out[stem])}, {name}")
-            out[stem] = os.path.join(folder, name)
-    return out
-
-
 def load_image_mask_folder(dataset_name: str, image_dir: str, mask_dir: str, hint: str = "") -> List[dict]:
     """Dataset dicts of an images folder + a masks folder matched by file stem.
 
@@ -137,8 +128,8 @@ def load_image_mask_folder(dataset_name: str, image_dir: str, mask_dir: str, hin
         if not os.path.isdir(d):
             raise FileNotFoundError(f"Dataset {dataset_name!r}: {what} folder {d!r} does not exist{where}. See datasets/README.md.")
     same = os.path.realpath(image_dir) == os.path.realpath(mask_dir)
-    images = _files(image_dir, tuple(e for e in IMAGE_EXTS if not (same and e == ".png")))
-    masks = _files(mask_dir, (".png",))
+    images = files_by_stem(image_dir, tuple(e for e in IMAGE_EXTS if not (same and e == ".png")))
+    masks = files_by_stem(mask_dir, (".png",))
     if not images:
         raise FileNotFoundError(f"Dataset {dataset_name!r}: no images ({', '.join(IMAGE_EXTS)}) in {image_dir!r}{where}")
     no_mask, no_image = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))

@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 
 from rass.data.dataset_mappers.io import read_image_checked
+from rass.utils.inputs import files_by_stem
 from rass.utils.io import sha256_file, write_bytes_atomic
 
 from .filtering import filter2d_separable
@@ -151,25 +152,14 @@ def _annotation_hw(path: str) -> Tuple[int, int]:
         return im.size[1], im.size[0]
 
 
-def _stems(folder: str, exts: Tuple[str, ...]) -> Dict[str, str]:
-    out: Dict[str, str] = {}
-    for n in sorted(os.listdir(folder)):
-        stem, ext = os.path.splitext(n)
-        if ext.lower() in exts and not n.startswith("."):
-            if stem in out:
-                raise ValueError(f"Two files share the stem {stem!r} in {folder}: {os.path.basename(out[stem])} and {n}")
-            out[stem] = os.path.join(folder, n)
-    return out
-
-
 def _pairs(images_dir: str, ann_dir: str, out_images: str, out_ann: str, split: str, report: DegradeReport) -> List[_Pair]:
     """Match images and annotations by stem; one-sided files go to the report."""
     for d, what in ((images_dir, "image"), (ann_dir, "annotation")):
         if not os.path.isdir(d):
             raise FileNotFoundError(f"Input {what} folder not found: {d}")
     same = os.path.realpath(images_dir) == os.path.realpath(ann_dir)  # one folder: .png = masks, others = images
-    images = _stems(images_dir, tuple(e for e in IMAGE_EXTS if not (same and e == ".png")))
-    anns = _stems(ann_dir, (".png",))
+    images = files_by_stem(images_dir, tuple(e for e in IMAGE_EXTS if not (same and e == ".png")))
+    anns = files_by_stem(ann_dir, (".png",))
     for stem in sorted(set(images) - set(anns)):
         report.skip("no annotation", images[stem], f"no {stem}.png in {ann_dir}")
     for stem in sorted(set(anns) - set(images)):
@@ -315,8 +305,8 @@ def degrade_tree(
 
 def _check_output_pairs(img_dir: str, ann_dir: str, report: DegradeReport) -> None:
     """Report output files without their partner (left by an earlier run of an older tool or by hand)."""
-    imgs = _stems(img_dir, (".png",)) if os.path.isdir(img_dir) else {}
-    anns = _stems(ann_dir, (".png",)) if os.path.isdir(ann_dir) else {}
+    imgs = files_by_stem(img_dir, (".png",)) if os.path.isdir(img_dir) else {}
+    anns = files_by_stem(ann_dir, (".png",)) if os.path.isdir(ann_dir) else {}
     for stem in sorted(set(imgs) ^ set(anns)):
         path = imgs.get(stem) or anns[stem]
         report.skip("incomplete output pair", path, "in the output without its image/annotation partner (delete it)")

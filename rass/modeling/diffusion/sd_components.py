@@ -167,16 +167,21 @@ def build_unet(sd_path: str = "", arch: str = "sd21_base", device: str | torch.d
     Returns:
         The UNet, attention set to PyTorch scaled-dot-product attention.
     """
-    device = torch.device(device)
-    if sd_path and device.type != "meta":
-        check_sd_folder(sd_path, ("unet",), key=f"{key}.SD_PATH")
-        unet = UNet2DConditionModel.from_pretrained(sd_path, subfolder="unet", local_files_only=True)
-    else:
-        config = arch_config(sd_path, arch, "unet", key)
-        with torch.device(device if device.type == "meta" else "cpu"):
-            unet = UNet2DConditionModel.from_config(config)
+    unet = _build_part(UNet2DConditionModel, "unet", sd_path, arch, device, key)
     unet.set_attn_processor(AttnProcessor2_0())
     return unet
+
+
+def _build_part(cls, part: str, sd_path: str, arch: str, device: str | torch.device, key: str):
+    """`cls` (a diffusers model class) from `sd_path/part` with its weights, else from the packaged
+    `arch` config with random weights (on "meta" without allocation)."""
+    device = torch.device(device)
+    if sd_path and device.type != "meta":
+        check_sd_folder(sd_path, (part,), key=f"{key}.SD_PATH")
+        return cls.from_pretrained(sd_path, subfolder=part, local_files_only=True)
+    config = arch_config(sd_path, arch, part, key)
+    with torch.device(device if device.type == "meta" else "cpu"):
+        return cls.from_config(config)
 
 
 def build_vae(sd_path: str = "", arch: str = "sd21_base", device: str | torch.device = "cpu",
@@ -189,13 +194,7 @@ def build_vae(sd_path: str = "", arch: str = "sd21_base", device: str | torch.de
         device: "meta" builds without allocation and reads no weight file; else built on the CPU.
         key: config-key prefix named in error messages.
     """
-    device = torch.device(device)
-    if sd_path and device.type != "meta":
-        check_sd_folder(sd_path, ("vae",), key=f"{key}.SD_PATH")
-        return AutoencoderKL.from_pretrained(sd_path, subfolder="vae", local_files_only=True)
-    config = arch_config(sd_path, arch, "vae", key)
-    with torch.device(device if device.type == "meta" else "cpu"):
-        return AutoencoderKL.from_config(config)
+    return _build_part(AutoencoderKL, "vae", sd_path, arch, device, key)
 
 
 def build_text_parts(sd_path: str = "", arch: str = "sd21_base", device: str | torch.device = "cpu",
