@@ -110,7 +110,8 @@ def release_mask_target(mask: torch.Tensor, size: Union[int, Sequence[int]] = RE
                              f"[{mask.min().item():g}, {mask.max().item():g}] (pass uint8 for a 0/255 mask)")
         m = mask.float()
     else:
-        raise ValueError(f"release_mask_target: mask dtype {mask.dtype} not supported (bool, uint8 0/255 or float 0..1)")
+        raise ValueError(f"release_mask_target: mask dtype {mask.dtype} not supported "
+                         "(bool, uint8 0/255 or float 0..1)")
     hw: Tuple[int, int] = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
     out = F.interpolate(m, size=hw, mode="bilinear", align_corners=False)
     if quantize:
