@@ -12,6 +12,8 @@ import platform
 import sys
 from typing import Optional, Sequence
 
+import rass  # noqa: F401  (first: registers the project's parts and hides fvcore's TorchScript notice)
+
 import detectron2
 import torch
 from detectron2.engine import default_argument_parser, launch

@@ -437,6 +437,8 @@ def _add_glesam_config(cfg: CN) -> None:
     g.STAGE = "none"
     # Stage-1 loss: "paper" (MSE(x0, gamma * z_H), z_H = SAM features of the clean image) or "release" (+ DMD2 and GAN terms).
     g.STAGE1_LOSS = "paper"
+    # Stage-1 "release" recipe: the generator LoRA is updated every this many iterations, the guidance model every one (5).
+    g.GEN_UPDATE_RATIO = 5
     # Stage-2 weight of the Dice loss on the mask logits (1 as released).
     g.DICE_WEIGHT = 1.0
     # Stage-2 weight of the focal loss on the mask logits (1 as released).

@@ -6,6 +6,12 @@ and run SAM's frozen image encoder under `no_grad` (clean image: z_H; degraded i
 - "denoise" (stage 1): trainable = the CRE UNet's LoRA only (SAM, base UNet, text embedding frozen).
   `paper` loss (MODEL.GLESAM.STAGE1_LOSS): L = MSE(x0, γ·z_H) with x0 = γ·ẑ_H the one-step estimate of
   the UNet on γ·z_L (`LatentEnhancer`; = γ²·MSE(ẑ_H, z_H), the release's `loss_mse`).
+  `release` recipe: the generator (that LoRA) gets L_G = MSE + 1.0·L_dm + 5e-3·L_gen_cls every
+  GEN_UPDATE_RATIO-th iteration; the guidance model (`DistributionMatchingLoss`: a "fake" copy of the
+  CRE UNet with its own fresh LoRA + the classifier head; the "real" UNet = the fake one with its
+  adapter off, i.e. the base weights) gets its loss every iteration. One optimiser holds both
+  parameter sets: each loss reaches only its own set, and on guidance-only iterations the
+  generator's gradients are None, so the optimiser leaves the generator as it is.
 - "decoder" (stage 2): UNet + LoRA frozen (`no_grad`); trainable = SAM's mask decoder except the IoU
   token and head (segment-anything names without "iou": 3,925,472 values for SAM ViT-B/L/H).
   L = DICE_WEIGHT·Dice + FOCAL_WEIGHT·Focal on the single-mask logits (mask token 0, as released),
@@ -18,14 +24,19 @@ its soft 0..1 target, the reconstruction MSE).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+import copy
+from typing import Dict, List, Optional, Sequence
 
 import torch
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from rass.modeling.enhancement.dmd import DistributionMatchingLoss
+from rass.modeling.enhancement.lora import GLESAM_ADAPTER
 from rass.modeling.enhancement.losses import reconstruction_loss, release_mask_target, segmentation_loss
 
-__all__ = ["STAGES", "STAGE1_LOSSES", "select_trainable", "stage1_paper_loss", "stage2_loss"]
+__all__ = ["STAGES", "STAGE1_LOSSES", "select_trainable", "stage1_paper_loss", "stage2_loss",
+           "build_release_guidance", "stage1_release_losses"]
 
 STAGES = ("none", "denoise", "decoder")
 STAGE1_LOSSES = ("paper", "release")
@@ -106,3 +117,58 @@ def stage2_loss(logits: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], d
         dice.append(out["loss_dice"])
         focal.append(out["loss_focal"])
     return {"loss_dice": torch.stack(dice).mean(), "loss_focal": torch.stack(focal).mean()}
+
+
+def build_release_guidance(enhancer: nn.Module, latent_size: int) -> DistributionMatchingLoss:
+    """The guidance model of the release recipe for `enhancer`'s CRE UNet (trainable: fake LoRA + head).
+
+    The fake UNet is a copy of the generator's UNet (same base weights) whose LoRA is re-initialised
+    (peft's default: A Kaiming-uniform, B = 0), as the release builds it from the pretrained UNet.
+
+    Args:
+        enhancer: the `LatentEnhancer` (its UNet carries the generator's LoRA).
+        latent_size: side of SAM's image embedding (64 at 1024 px).
+    """
+    fake = copy.deepcopy(enhancer.unet)
+    for m in fake.modules():
+        if isinstance(m, LoraLayer) and GLESAM_ADAPTER in m.lora_A:
+            m.reset_lora_parameters(GLESAM_ADAPTER, True)
+    guidance = DistributionMatchingLoss(fake, enhancer.alphas_cumprod, real_unet=None, latent_size=int(latent_size))
+    guidance.requires_grad_(False)
+    for n, p in guidance.named_parameters():
+        if n.startswith("head.") or _is_lora(n):
+            p.requires_grad_(True)
+    return guidance
+
+
+def stage1_release_losses(enhancer: nn.Module, guidance: DistributionMatchingLoss, z_low: torch.Tensor,
+                          z_high: torch.Tensor, generator_turn: bool,
+                          rng: torch.Generator) -> Dict[str, torch.Tensor]:
+    """One iteration of the release recipe: the guidance loss, plus the generator loss on its turns.
+
+    Args:
+        enhancer: the `LatentEnhancer` (generator).
+        guidance: `build_release_guidance(enhancer, ...)`.
+        z_low, z_high: SAM embeddings of the degraded / clean images (B x C x h x w, no gradient).
+        generator_turn: also compute (and backpropagate) the generator's L_G.
+        rng: torch.Generator of the random timesteps and noise.
+
+    Returns:
+        Weighted terms (detectron2 sums them): "loss_fake_mean", "loss_guidance_cls" every iteration;
+        "loss_mse", "loss_dm", "loss_gen_cls" on generator turns.
+    """
+    gamma = enhancer.feat_weight
+    context = enhancer.text_embedding
+    if generator_turn:
+        x0 = enhancer(z_low).float() * gamma
+    else:
+        with torch.no_grad():
+            x0 = enhancer(z_low).float() * gamma
+    out: Dict[str, torch.Tensor] = {}
+    if generator_turn:
+        g = guidance.generator_loss(x0, z_high, gamma, context, rng)
+        out.update(loss_mse=g["loss_mse"], loss_dm=guidance.dm_weight * g["loss_dm"],
+                   loss_gen_cls=guidance.gen_cls_weight * g["loss_gen_cls"])
+    d = guidance.guidance_loss(x0, z_high, gamma, context, rng)
+    out.update(loss_fake_mean=d["loss_fake_mean"], loss_guidance_cls=guidance.guidance_cls_weight * d["loss_guidance_cls"])
+    return out

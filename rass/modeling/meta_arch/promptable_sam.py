@@ -34,13 +34,18 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from rass.checkpoint.sam_loader import load_sam_checkpoint
+from rass.data.degradation.online import derive_seed
 from rass.modeling.enhancement import LatentEnhancer
 from rass.modeling.sam import SamImageTransform, build_sam, embedding_shape, sam_image_embeddings, sam_predict
 
-from .glesam_training import STAGE1_LOSSES, STAGES, select_trainable, stage1_paper_loss, stage2_loss
+from .glesam_training import (
+    STAGE1_LOSSES, STAGES, build_release_guidance, select_trainable, stage1_paper_loss, stage1_release_losses,
+    stage2_loss)
 
 __all__ = ["PromptableSAM"]
 
@@ -59,17 +64,21 @@ class PromptableSAM(nn.Module):
         mask_threshold: logit threshold of the binary masks.
         stage: "none" (inference only: every parameter frozen), "denoise" or "decoder" (GleSAM's
             training stages; they set which parameters train, see `glesam_training.select_trainable`).
-        stage1_loss: "paper" (the only stage-1 loss wired here; "release" is rejected).
+        stage1_loss: "paper" (MSE) or "release" (MSE + DMD2 + GAN with `guidance`; see `glesam_training`).
         degradation: callable (list of unpadded 3 x H x W float 0..255 images) -> degraded list, making
             the LQ training images (required by the training stages).
         dice_weight, focal_weight: stage-2 loss weights.
+        guidance: the release recipe's guidance model (`build_release_guidance`); required by it.
+        gen_update_ratio: release recipe: the generator is updated every this many iterations.
+        seed: base seed of the release recipe's random timesteps and noise (mixed with the rank).
     """
 
     @configurable
     def __init__(self, *, sam: nn.Module, transform: SamImageTransform, enhancer: Optional[LatentEnhancer] = None,
                  multimask_output: bool = False, mask_threshold: float = 0.0, stage: str = "none",
                  stage1_loss: str = "paper", degradation: Optional[Callable] = None, dice_weight: float = 1.0,
-                 focal_weight: float = 1.0) -> None:
+                 focal_weight: float = 1.0, guidance: Optional[nn.Module] = None, gen_update_ratio: int = 5,
+                 seed: int = 0) -> None:
         super().__init__()
         channels = embedding_shape(sam)[0]
         if enhancer is not None and enhancer.channels != channels:
@@ -87,9 +96,10 @@ class PromptableSAM(nn.Module):
             raise ValueError(f"MODEL.GLESAM.STAGE must be one of {STAGES}, got {stage!r}")
         if stage1_loss not in STAGE1_LOSSES:
             raise ValueError(f"MODEL.GLESAM.STAGE1_LOSS must be one of {STAGE1_LOSSES}, got {stage1_loss!r}")
-        if stage == "denoise" and stage1_loss != "paper":
-            raise NotImplementedError(f"MODEL.GLESAM.STAGE1_LOSS {stage1_loss!r} (DMD2 + GAN) is not wired into "
-                                      "training yet; use 'paper'")
+        if stage == "denoise" and stage1_loss == "release" and guidance is None:
+            raise ValueError("MODEL.GLESAM.STAGE1_LOSS 'release' needs the guidance model (build_release_guidance)")
+        if int(gen_update_ratio) < 1:
+            raise ValueError(f"MODEL.GLESAM.GEN_UPDATE_RATIO must be >= 1, got {gen_update_ratio}")
         if stage != "none" and degradation is None:
             raise ValueError(f"MODEL.GLESAM.STAGE {stage!r} makes the low-quality training images on the model side: "
                              "set INPUT.DEGRADATION.ENABLED True and INPUT.DEGRADATION.DEVICE 'model'")
@@ -99,6 +109,13 @@ class PromptableSAM(nn.Module):
         self.dice_weight, self.focal_weight = float(dice_weight), float(focal_weight)
         # every part frozen except the stage's trainable parameters (none for inference)
         self.trainable_names = select_trainable(sam, enhancer, stage)
+        self.guidance = guidance if stage == "denoise" and stage1_loss == "release" else None
+        if self.guidance is not None:
+            self.trainable_names += [f"guidance.{n}" for n, p in self.guidance.named_parameters() if p.requires_grad]
+        self.gen_update_ratio = int(gen_update_ratio)
+        self.seed = int(seed)
+        self._rng: Optional[torch.Generator] = None
+        self._calls = 0
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -122,6 +139,10 @@ class PromptableSAM(nn.Module):
             from rass.data.degradation import OnlineDegradation
 
             degradation = OnlineDegradation(cfg)
+        guidance = None
+        if g.STAGE == "denoise" and g.STAGE1_LOSS == "release" and enhancer is not None:
+            guidance = build_release_guidance(enhancer, embedding_shape(sam)[1])
+            guidance = guidance.to(model_device) if not meta else guidance
         return {
             "sam": sam.to(model_device) if not meta else sam,
             "transform": SamImageTransform(cfg),
@@ -133,6 +154,9 @@ class PromptableSAM(nn.Module):
             "degradation": degradation,
             "dice_weight": g.DICE_WEIGHT,
             "focal_weight": g.FOCAL_WEIGHT,
+            "guidance": guidance,
+            "gen_update_ratio": g.GEN_UPDATE_RATIO,
+            "seed": cfg.SEED,
         }
 
     @property
@@ -145,6 +169,8 @@ class PromptableSAM(nn.Module):
                  "sam_mask_decoder": ["sam.mask_decoder"]}
         if self.enhancer is not None:
             parts["gle_unet"] = ["enhancer.unet"]
+        if self.guidance is not None:
+            parts["gle_guidance"] = ["guidance"]
         return parts
 
     # ---------------------------------------------------------------- forward
@@ -203,6 +229,19 @@ class PromptableSAM(nn.Module):
             return x.reshape(*lead, *out_hw)
         return self.transform.postprocess_masks(low_res, valid_hw, out_hw)
 
+    def _iteration(self) -> int:
+        """The trainer's iteration (restored on resume); outside a trainer, the number of training calls."""
+        try:
+            return int(get_event_storage().iter)
+        except AssertionError:  # no EventStorage: called outside a trainer
+            self._calls += 1
+            return self._calls - 1
+
+    def _release_rng(self) -> torch.Generator:
+        if self._rng is None:
+            self._rng = torch.Generator(self.device).manual_seed(derive_seed("glesam-dmd", self.seed, comm.get_rank()))
+        return self._rng
+
     def training_losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         """The loss dict of MODEL.GLESAM.STAGE on a batch of the "promptable" mapper (is_train=True).
 
@@ -211,14 +250,18 @@ class PromptableSAM(nn.Module):
                 (bool H x W) and the prompts.
 
         Returns:
-            "denoise": {"loss_mse"}; "decoder": {"loss_dice", "loss_focal"} (weighted).
+            "denoise": {"loss_mse"} ("paper") or the release recipe's terms (`stage1_release_losses`);
+            "decoder": {"loss_dice", "loss_focal"} (weighted).
         """
         clean = [x["image"].to(self.device, torch.float32) for x in batched_inputs]
         low = self.degradation(clean)
         if self.stage == "denoise":
             with torch.no_grad():  # SAM is frozen: z_H (clean) and z_L (degraded) in one encoder pass
                 z, _ = self.encode(clean + low)
-            return stage1_paper_loss(self.enhancer, z[len(clean):], z[:len(clean)])
+            if self.guidance is None:
+                return stage1_paper_loss(self.enhancer, z[len(clean):], z[:len(clean)])
+            return stage1_release_losses(self.enhancer, self.guidance, z[len(clean):], z[:len(clean)],
+                                         self._iteration() % self.gen_update_ratio == 0, self._release_rng())
         with torch.no_grad():
             z, valid = self.image_embeddings(low)  # enhanced (UNet + LoRA frozen) when ENHANCE
         logits, masks = [], []
