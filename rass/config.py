@@ -39,6 +39,8 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
     # Power of the polynomial LR decay used by LR_SCHEDULER_NAME "WarmupPolyLR".
     cfg.SOLVER.POLY_LR_POWER = 0.9
+    # Keep only the newest N periodic checkpoints (0: keep all; model_final.pth is always kept).
+    cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
 
 
 def _add_test_config(cfg: CN) -> None:

@@ -52,3 +52,18 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert (os.stat(tmp_path / "a.txt").st_mode & 0o777) == 0o644
+
+
+def test_only_the_newest_checkpoints_are_kept(synthetic_env, tmp_path):
+    from rass.config import setup_cfg
+    from rass.engine import Trainer
+    from tests.conftest import REPO
+
+    cfg = setup_cfg(os.path.join(REPO, "configs/quickstart/tiny_semantic_fpn.yaml"),
+                    ["DATALOADER.NUM_WORKERS", "0", "INPUT.CROP.SIZE", "(64, 64)", "INPUT.MIN_SIZE_TRAIN", "(64,)",
+                     "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.CHECKPOINT_MAX_TO_KEEP", "1",
+                     "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == ["model_0000005.pth", "model_final.pth"]

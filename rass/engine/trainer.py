@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Union
 
 import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -91,6 +91,17 @@ class Trainer(DefaultTrainer):
         """The model of `cfg`; logs total / trainable parameters per part instead of the module tree
         (printed in debug mode only) and warns about random weights only when they stay random."""
         return build_model_with_summary(cfg)
+
+    def build_hooks(self) -> list:
+        """detectron2's hooks; the periodic checkpointer keeps only the newest
+        SOLVER.CHECKPOINT_MAX_TO_KEEP checkpoints when that is > 0 (`model_final.pth` is always kept)."""
+        hook_list = super().build_hooks()
+        keep = int(self.cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP)
+        if keep > 0:
+            for h in hook_list:
+                if isinstance(h, hooks.PeriodicCheckpointer):
+                    h.max_to_keep = keep
+        return hook_list
 
     @classmethod
     def build_train_loader(cls, cfg):
