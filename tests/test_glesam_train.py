@@ -249,3 +249,19 @@ def test_export_to_the_released_formats_and_import_back_gives_identical_outputs(
     fresh = build_model(setup_cfg(tiny)).eval()
     assert not torch.equal(fresh(inp)[0]["mask_logits"], a["mask_logits"])  # the exported changes matter
     assert tool.main(["--config-file", tiny, "--weights", str(tmp_path / "nope.pth"), "--out", str(out)]) == 2
+
+
+def test_release_recipe_trains_in_two_processes(train_env, tmp_path):
+    # generator-free (guidance-only) iterations leave the generator's LoRA without a gradient: DDP must
+    # be told (PromptableSAM.has_unused_parameters), else the second iteration fails
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
+                        os.path.join(REPO, "configs", "lqseg", "tiny_glesam_stage1.yaml"), "--num-gpus", "2",
+                        "MODEL.GLESAM.STAGE1_LOSS", "release", "SOLVER.MAX_ITER", "4", "TEST.EVAL_PERIOD", "0",
+                        "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"),
+                       cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "model_final.pth").is_file()

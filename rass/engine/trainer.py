@@ -53,8 +53,9 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         on_cuda = torch.device(cfg.MODEL.DEVICE).type == "cuda"
-        model = create_ddp_model(
-            model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_cuda else None
+        model = create_ddp_model(  # a model with parameters left out of some losses says so (has_unused_parameters)
+            model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_cuda else None,
+            find_unused_parameters=bool(getattr(model, "has_unused_parameters", False)),
         )
         use_amp = cfg.SOLVER.AMP.ENABLED and on_cuda
         if cfg.SOLVER.AMP.ENABLED and not use_amp:

@@ -105,6 +105,8 @@ class PromptableSAM(nn.Module):
                              "set INPUT.DEGRADATION.ENABLED True and INPUT.DEGRADATION.DEVICE 'model'")
         self.stage = stage
         self.stage1_loss = stage1_loss
+        # DDP: in the release recipe the generator's LoRA gets no gradient on guidance-only iterations
+        self.has_unused_parameters = stage == "denoise" and stage1_loss == "release"
         self.degradation = degradation
         self.dice_weight, self.focal_weight = float(dice_weight), float(focal_weight)
         # every part frozen except the stage's trainable parameters (none for inference)
