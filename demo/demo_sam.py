@@ -37,7 +37,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rass.config import setup_cfg  # noqa: E402
 from rass.data.dataset_mappers.io import read_image_checked  # noqa: E402
 from rass.engine import PromptablePredictor  # noqa: E402
-from rass.modeling.meta_arch import PromptableSAM  # noqa: E402
 from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, enable_debug, run_cli  # noqa: E402
 from rass.utils.errors import UserError  # noqa: E402
 from rass.utils.inputs import collect_image_paths  # noqa: E402
@@ -201,10 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gle = PromptablePredictor(cfg)
     sam = None
     if args.compare:
-        m = gle.model
-        sam = PromptablePredictor(model=PromptableSAM(sam=m.sam, transform=m.transform, enhancer=None,
-                                                      multimask_output=m.multimask_output,
-                                                      mask_threshold=m.mask_threshold))
+        sam = PromptablePredictor(model=gle.model.plain_sam())
     failed = len(problems)
     for path in paths:
         try:

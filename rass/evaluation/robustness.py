@@ -300,8 +300,7 @@ def plain_sam_of(model: torch.nn.Module) -> torch.nn.Module:
     if not isinstance(model, PromptableSAM) or model.enhancer is None:
         raise RobustnessError("Comparing with plain SAM needs a GleSAM model (META_ARCHITECTURE 'PromptableSAM' "
                               "with MODEL.GLESAM.ENHANCE True)")
-    return PromptableSAM(sam=model.sam, transform=model.transform, enhancer=None,
-                         multimask_output=model.multimask_output, mask_threshold=model.mask_threshold).eval()
+    return model.plain_sam()
 
 
 def evaluate_robustness(

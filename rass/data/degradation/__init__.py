@@ -23,7 +23,7 @@ from .kernels import (
     sinc_kernel,
 )
 from .noise import add_noise, gaussian_noise, poisson_noise
-from .online import OnlineDegradation, derive_seed
+from .online import OnlineDegradation, derive_seed, model_side_degradation
 from .pipeline import Degradation, quantize_8bit
 from .presets import PRESETS, DegradationSpec, get_spec
 from .resize import resize
@@ -34,6 +34,7 @@ __all__ = [
     "Degradation",
     "DegradationSpec",
     "OnlineDegradation",
+    "model_side_degradation",
     "derive_seed",
     "PRESETS",
     "get_spec",

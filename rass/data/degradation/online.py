@@ -21,7 +21,7 @@ from detectron2.config import configurable
 from .pipeline import Degradation
 from .presets import get_spec, spec_field_names
 
-__all__ = ["OnlineDegradation", "derive_seed", "DEGRADATION_DEVICES"]
+__all__ = ["OnlineDegradation", "derive_seed", "DEGRADATION_DEVICES", "model_side_degradation"]
 
 DEGRADATION_DEVICES = ("model", "worker")
 
@@ -143,3 +143,16 @@ class OnlineDegradation:
 
     def __repr__(self) -> str:
         return f"OnlineDegradation(enabled={self.enabled}, preset={self.preset!r}, device={self.device!r}, keep_clean={self.keep_clean}, seed={self.seed})"
+
+
+def model_side_degradation(cfg) -> Optional["OnlineDegradation"]:
+    """The online degradation a model applies itself (INPUT.DEGRADATION enabled with DEVICE "model"),
+    or None.
+
+    Args:
+        cfg: the project config.
+    """
+    d = cfg.INPUT.get("DEGRADATION")
+    if d is None or not d.ENABLED or d.DEVICE != "model":
+        return None
+    return OnlineDegradation(cfg)

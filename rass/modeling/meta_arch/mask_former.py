@@ -109,12 +109,10 @@ class MaskFormer(nn.Module):
     @staticmethod
     def _degradation_from_config(cfg) -> Dict:
         """Model-side online degradation (INPUT.DEGRADATION with DEVICE "model")."""
-        d = cfg.INPUT.get("DEGRADATION")
-        if d is None or not d.ENABLED or d.DEVICE != "model":
-            return {}
-        from rass.data.degradation import OnlineDegradation
+        from rass.data.degradation import model_side_degradation
 
-        return {"degradation": OnlineDegradation(cfg), "keep_clean": d.KEEP_CLEAN}
+        degradation = model_side_degradation(cfg)
+        return {} if degradation is None else {"degradation": degradation, "keep_clean": cfg.INPUT.DEGRADATION.KEEP_CLEAN}
 
     @property
     def device(self) -> torch.device:

@@ -135,12 +135,12 @@ class PromptableSAM(nn.Module):
                            "real use)", s.VARIANT)
         enhancer = LatentEnhancer(cfg) if cfg.MODEL.GLESAM.ENHANCE else None
         model_device = torch.device(cfg.MODEL.DEVICE) if not meta else device
-        g, d = cfg.MODEL.GLESAM, cfg.INPUT.DEGRADATION
+        g = cfg.MODEL.GLESAM
         degradation = None
-        if g.STAGE != "none" and d.ENABLED and d.DEVICE == "model":
-            from rass.data.degradation import OnlineDegradation
+        if g.STAGE != "none":
+            from rass.data.degradation import model_side_degradation
 
-            degradation = OnlineDegradation(cfg)
+            degradation = model_side_degradation(cfg)
         guidance = None
         if g.STAGE == "denoise" and g.STAGE1_LOSS == "release" and enhancer is not None:
             guidance = build_release_guidance(enhancer, embedding_shape(sam)[1])
@@ -164,6 +164,12 @@ class PromptableSAM(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.sam.mask_decoder.iou_token.weight.device
+
+    def plain_sam(self) -> "PromptableSAM":
+        """Plain SAM sharing this model's SAM (same weights, prompts and output rule; no enhancement),
+        in eval mode, for comparing SAM and GleSAM."""
+        return PromptableSAM(sam=self.sam, transform=self.transform, enhancer=None,
+                             multimask_output=self.multimask_output, mask_threshold=self.mask_threshold).eval()
 
     def analysis_parts(self) -> Dict[str, List[str]]:
         """Parts reported by tools/analyze_model.py (names of child modules)."""
