@@ -30,7 +30,7 @@ from tqdm import tqdm
 from rass.config import setup_cfg
 from rass.data.dataset_mappers.io import read_image_checked
 from rass.engine import SemanticPredictor
-from rass.evaluation.visualize import overlay
+from rass.evaluation.visualize import class_areas, draw_legend, overlay, short_name
 from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, enable_debug, report_user_error, run_cli
 from rass.utils.inputs import collect_image_paths
 from rass.utils.io import save_image_atomic
@@ -90,49 +90,11 @@ def plan_outputs(args: argparse.Namespace) -> Tuple[list, list, Dict[str, Tuple[
 
 
 # ----------------------------------------------------------------- rendering
-def class_areas(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Pixel count per class id."""
-    return np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
-
-
-def short_name(name: str) -> str:
-    """The first of a class's synonyms ("poster, posting, placard" -> "poster")."""
-    return name.split(",")[0].strip()
-
-
 def summary(name: str, areas: np.ndarray, class_names: Sequence[str], top: int) -> str:
     """One line: `name: class share%, ...` for the `top` largest classes (share of the pixels)."""
     total = max(int(areas.sum()), 1)
     order = [int(c) for c in np.argsort(-areas, kind="stable")[:top] if areas[c] > 0]
     return f"{name}: " + ", ".join(f"{short_name(class_names[c])} {100.0 * areas[c] / total:.1f}%" for c in order)
-
-
-def draw_legend(image: np.ndarray, areas: np.ndarray, class_names: Sequence[str], colors: Sequence[Sequence[int]],
-                max_rows: int = 12) -> np.ndarray:
-    """Draw a box with a colour swatch and the name of every class present (largest first) in the
-    top-left corner of an RGB image (returns a new image)."""
-    out = image.copy()
-    present = [int(c) for c in np.argsort(-areas, kind="stable") if areas[c] > 0]
-    rows = [(c, short_name(class_names[c])) for c in present[:max_rows]]
-    if len(present) > max_rows:
-        rows.append((-1, f"+{len(present) - max_rows} more"))
-    if not rows:
-        return out
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, float(np.clip(min(image.shape[:2]) / 700.0, 0.3, 1.0))
-    sizes = [cv2.getTextSize(text, font, scale, 1) for _, text in rows]
-    line = max(h + b for (_, h), b in sizes) + 4
-    pad, swatch = 4, line - 4
-    width = 3 * pad + swatch + max(w for (w, _), _ in sizes)
-    height = 2 * pad + line * len(rows)
-    region = out[:height, :width]
-    region[:] = (region.astype(np.float32) * 0.35).astype(np.uint8)  # darkened background
-    for i, (c, text) in enumerate(rows):
-        y = pad + i * line
-        if c >= 0:
-            cv2.rectangle(out, (pad, y + 2), (pad + swatch, y + 2 + swatch - 1), tuple(int(v) for v in colors[c]), -1)
-        cv2.putText(out, text, (2 * pad + swatch, y + line - 4 - sizes[i][1]), font, scale, (255, 255, 255), 1,
-                    cv2.LINE_AA)
-    return out
 
 
 def render(image: np.ndarray, labels: np.ndarray, predictor: SemanticPredictor, args: argparse.Namespace) -> np.ndarray:

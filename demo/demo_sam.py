@@ -29,7 +29,6 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rass.config import setup_cfg  # noqa: E402
 from rass.data.dataset_mappers.io import read_image_checked  # noqa: E402
 from rass.engine import PromptablePredictor  # noqa: E402
+from rass.evaluation.visualize import draw, mask_iou  # noqa: E402
 from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, enable_debug, run_cli  # noqa: E402
 from rass.utils.errors import UserError  # noqa: E402
 from rass.utils.inputs import collect_image_paths  # noqa: E402
@@ -44,7 +44,6 @@ from rass.utils.io import save_image_atomic  # noqa: E402
 from rass.utils.outputs import check_writable, image_outputs  # noqa: E402
 
 Prompt = Dict[str, object]
-MASK_COLOR = (30, 144, 255)
 
 
 class PromptError(UserError, ValueError):
@@ -147,33 +146,6 @@ def prompts_for(paths: Sequence[str], cli: Optional[Prompt], shared: Optional[Pr
 
 
 # ----------------------------------------------------------------- rendering
-def draw(image: np.ndarray, mask: np.ndarray, prompt: Prompt, opacity: float, title: str = "") -> np.ndarray:
-    """The image with the mask tinted and the prompts drawn (RGB uint8)."""
-    out = image.astype(np.float32)
-    out[mask] = (1 - opacity) * out[mask] + opacity * np.asarray(MASK_COLOR, np.float32)
-    out = np.ascontiguousarray(out.round().astype(np.uint8))
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
-    r = max(3, round(max(image.shape[:2]) / 100))
-    if prompt.get("box") is not None:
-        x1, y1, x2, y2 = (int(round(v)) for v in prompt["box"])
-        cv2.rectangle(out, (x1, y1), (x2, y2), (40, 90, 255), max(1, r // 2))
-    for (x, y), label in zip(prompt["points"], prompt["labels"]):
-        color = (40, 220, 40) if label == 1 else (230, 40, 40)
-        cv2.circle(out, (int(round(x)), int(round(y))), r, color, -1)
-        cv2.circle(out, (int(round(x)), int(round(y))), r, (255, 255, 255), 1)
-    if title:
-        cv2.putText(out, title, (5, 5 + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 2, cv2.LINE_AA)
-        cv2.putText(out, title, (5, 5 + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    return out
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two bool masks (1 when both are empty)."""
-    union = np.count_nonzero(a | b)
-    return float(np.count_nonzero(a & b)) / union if union else 1.0
-
-
 def predict(predictor: PromptablePredictor, image: np.ndarray, prompt: Prompt) -> Tuple[np.ndarray, float]:
     out = predictor(image, points=prompt["points"] or None, labels=prompt["labels"] or None, box=prompt["box"])
     return out["masks"].cpu().numpy(), float(out["iou_pred"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from contextlib import contextmanager
-from typing import Iterator, List
+from typing import Iterator, List, Tuple
 
 import torch
 from detectron2.modeling import build_model as d2_build_model
@@ -20,7 +20,7 @@ from detectron2.modeling import build_model as d2_build_model
 from rass.utils.cli import debug_enabled
 from rass.utils.model_summary import model_summary
 
-__all__ = ["build_model_with_summary"]
+__all__ = ["build_model_with_summary", "build_model_noting_random_weights", "RandomWeightNotes"]
 
 logger = logging.getLogger("rass")
 _RANDOM = re.compile(r"random weights", re.I)
@@ -60,9 +60,65 @@ def _frozen_entries(model: torch.nn.Module) -> List[str]:
     return [n for n in model.state_dict() if n not in trainable]
 
 
-def _emit(records: List[logging.LogRecord], suffix: str = "") -> None:
-    for r in records:
-        logger.warning(r.getMessage() + suffix)
+class RandomWeightNotes:
+    """The "random weights" warnings of one model build, as far as they are still true.
+
+    Before any checkpoint is loaded every held warning is true. The first `load_state_dict` of the
+    model decides: if it set every frozen entry, the parts are no longer random and `messages` is
+    empty; otherwise the warnings stay, with the count of frozen entries the checkpoint left as built.
+
+    Args:
+        model: the freshly built model.
+        records: the held WARNING records about random weights.
+        log: log each warning when it is decided (at once without `expect_load`, else after the load).
+        expect_load: a checkpoint will be loaded (MODEL.WEIGHTS is set); wait for it.
+        weights: the checkpoint's name for the log line.
+    """
+
+    def __init__(self, model: torch.nn.Module, records: List[logging.LogRecord], log: bool = True,
+                 expect_load: bool = False, weights: str = "") -> None:
+        self.messages: List[str] = [r.getMessage() for r in records]
+        self._log, self._weights = log, weights
+        if not records:
+            return
+        if not expect_load:
+            self._emit()
+            return
+        self._frozen = set(_frozen_entries(model))
+        self._handle = model.register_load_state_dict_post_hook(self._after_load)
+
+    def _emit(self) -> None:
+        if self._log:
+            for m in self.messages:
+                logger.warning(m)
+
+    def _after_load(self, module: torch.nn.Module, incompatible) -> None:
+        self._handle.remove()  # the first load decides
+        missing = [k[len("module."):] if k.startswith("module.") else k for k in incompatible.missing_keys]
+        left = [k for k in missing if k in self._frozen]
+        if left:
+            suffix = f" ({len(left)} of the {len(self._frozen)} frozen entries are not in MODEL.WEIGHTS)"
+            self.messages = [m + suffix for m in self.messages]
+            self._emit()
+        else:
+            self.messages = []
+            if self._log:
+                logger.info(f"The parts built with random weights were all set from MODEL.WEIGHTS ({self._weights})")
+
+
+def build_model_noting_random_weights(cfg, log: bool = True) -> Tuple[torch.nn.Module, RandomWeightNotes]:
+    """detectron2's `build_model` with its "random weights" warnings held back until they are known
+    to be true (see `RandomWeightNotes`; the predictors show them, e.g. on the browser demo's page).
+
+    Args:
+        cfg: the project config.
+        log: also log each warning once it is decided.
+    """
+    with _held_random_weight_warnings() as held:
+        model = d2_build_model(cfg)
+    notes = RandomWeightNotes(model, held.records, log=log, expect_load=bool(cfg.MODEL.WEIGHTS),
+                              weights=cfg.MODEL.WEIGHTS)
+    return model, notes
 
 
 def build_model_with_summary(cfg) -> torch.nn.Module:
@@ -72,26 +128,8 @@ def build_model_with_summary(cfg) -> torch.nn.Module:
     Args:
         cfg: the project config.
     """
-    with _held_random_weight_warnings() as held:
-        model = d2_build_model(cfg)
+    model, _ = build_model_noting_random_weights(cfg)
     logger.info(model_summary(model))
     if debug_enabled():
         logger.info(f"Model:\n{model}")
-    if not held.records:
-        return model
-    if not cfg.MODEL.WEIGHTS:
-        _emit(held.records)
-        return model
-    frozen = set(_frozen_entries(model))
-
-    def after_load(module: torch.nn.Module, incompatible) -> None:
-        handle.remove()  # the first load decides
-        missing = [k[len("module."):] if k.startswith("module.") else k for k in incompatible.missing_keys]
-        left = [k for k in missing if k in frozen]
-        if left:
-            _emit(held.records, f" ({len(left)} of the {len(frozen)} frozen entries are not in MODEL.WEIGHTS)")
-        else:
-            logger.info(f"The parts built with random weights were all set from MODEL.WEIGHTS ({cfg.MODEL.WEIGHTS})")
-
-    handle = model.register_load_state_dict_post_hook(after_load)
     return model

@@ -10,12 +10,12 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import convert_PIL_to_numpy
-from detectron2.modeling import build_model
 from PIL import Image
 
 from rass.checkpoint import RASSCheckpointer
 from rass.data.dataset_mappers import SemanticDatasetMapper
 from rass.data.datasets.sem_seg import palette
+from rass.engine.model_build import build_model_noting_random_weights
 
 __all__ = ["SemanticPredictor"]
 
@@ -41,6 +41,8 @@ class SemanticPredictor:
         input_format: the model's image format ("RGB", "BGR", "L", ...).
         class_names: one name per class (class id -> name).
         colors: one RGB colour per class.
+        weight_notes: what of the model has random weights (empty when every part was loaded);
+            `from_config` fills it (the same lines are logged as warnings).
     """
 
     @configurable
@@ -52,23 +54,35 @@ class SemanticPredictor:
         input_format: str,
         class_names: Sequence[str],
         colors: Sequence[Sequence[int]],
+        weight_notes: Sequence[str] = (),
     ) -> None:
         self.model = model.eval()
         self.augmentations = T.AugmentationList(list(augmentations))
         self.input_format = input_format
         self.class_names = list(class_names)
         self.colors = [list(c) for c in colors]
+        self.weight_notes = list(weight_notes)
 
     @classmethod
-    def from_config(cls, cfg) -> dict:
+    def from_config(cls, cfg, allow_random_weights: bool = False) -> dict:
+        """Args:
+            cfg: the project config.
+            allow_random_weights: build the model with random weights when MODEL.WEIGHTS is empty
+                (demos of untrained configurations; `weight_notes` says so) instead of refusing.
+        """
         weights = cfg.MODEL.WEIGHTS
-        if not weights:
+        if not weights and not allow_random_weights:
             raise ValueError(
                 "MODEL.WEIGHTS is empty: the predictor needs trained weights "
                 "(add `MODEL.WEIGHTS path/to/model_final.pth` to the overrides)"
             )
-        model = build_model(cfg)  # on MODEL.DEVICE
-        RASSCheckpointer(cfg, model, save_dir="").load(weights)  # errors name MODEL.WEIGHTS (missing, unreadable, misfit)
+        model, notes = build_model_noting_random_weights(cfg)  # on MODEL.DEVICE
+        if weights:
+            RASSCheckpointer(cfg, model, save_dir="").load(weights)  # errors name MODEL.WEIGHTS (missing, unreadable, misfit)
+        weight_notes = list(notes.messages)
+        if not weights:
+            weight_notes.insert(0, "MODEL.WEIGHTS is empty: the segmentation head and every part without "
+                                   "its own weights file have random weights")
         num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         names: List[str] = []
         colors: List[List[int]] = []
@@ -89,6 +103,7 @@ class SemanticPredictor:
             "input_format": cfg.INPUT.FORMAT,
             "class_names": names,
             "colors": colors[:num_classes],
+            "weight_notes": weight_notes,
         }
 
     @property

@@ -7,9 +7,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.modeling import build_model
 
 from rass.checkpoint import RASSCheckpointer
+from rass.engine.model_build import build_model_noting_random_weights
 
 __all__ = ["PromptablePredictor"]
 
@@ -30,21 +30,24 @@ class PromptablePredictor:
 
     Args:
         model: a PromptableSAM model in eval mode, with its weights.
+        weight_notes: what of the model has random weights (empty when every part was loaded);
+            `from_config` fills it (the same lines are logged as warnings).
     """
 
     @configurable
-    def __init__(self, *, model: torch.nn.Module) -> None:
+    def __init__(self, *, model: torch.nn.Module, weight_notes: Sequence[str] = ()) -> None:
         if not hasattr(model, "transform") or not hasattr(model, "sam"):
             raise ValueError(f"PromptablePredictor needs MODEL.META_ARCHITECTURE 'PromptableSAM', got "
                              f"{type(model).__name__}")
         self.model = model.eval()
+        self.weight_notes = list(weight_notes)
 
     @classmethod
     def from_config(cls, cfg) -> dict:
-        model = build_model(cfg)
+        model, notes = build_model_noting_random_weights(cfg)
         if cfg.MODEL.WEIGHTS:
             RASSCheckpointer(cfg, model, save_dir="").load(cfg.MODEL.WEIGHTS)
-        return {"model": model}
+        return {"model": model, "weight_notes": list(notes.messages)}
 
     @property
     def enhanced(self) -> bool:

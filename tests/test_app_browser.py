@@ -1,0 +1,186 @@
+"""End to end: `demo/app.py` on a free loopback port, driven in headless Chromium (Debian's chromium
+and chromedriver, through selenium; nothing is downloaded).
+
+It uploads a broken file (an error message on the page, the server keeps serving), then a generated
+image, picks lqseg_3, runs RASS, clicks a point for SAM / GleSAM, checks that every result image has
+the image's size and that a mask download is the image's size, and saves screenshots of both tabs
+(into $RASS_SCREENSHOT_DIR as well when set: that is how docs/app_*.png are made). The server is
+stopped at the end. Without the browser the test skips, saying what to install; `.ci/run` installs it.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="no headless browser: install Debian's chromium and chromium-driver "
+           "(apt-get install chromium chromium-driver; .ci/run does this)")
+QUICKSTART_WEIGHTS = os.path.join(REPO, "output", "quickstart", "model_final.pth")
+START_TIMEOUT = 240
+STEP_TIMEOUT = 120
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The demo as a user starts it (no config: the quickstart's or the tiny models); yields its URL."""
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp_path / "gradio"), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "demo", "app.py"), "--port", "0"], cwd=str(tmp_path),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, found = [], threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "running at http" in line:
+                found.set()
+        found.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        found.wait(START_TIMEOUT)
+        url = next((w for line in lines if "running at http" in line for w in line.split() if w.startswith("http")),
+                   None)
+        assert url, "the demo did not print its URL:\n" + "".join(lines)
+        assert url.startswith("http://127.0.0.1:")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)  # as Ctrl-C
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode is not None
+    with pytest.raises(OSError):  # nothing serves the page any more
+        urllib.request.urlopen(url, timeout=5)
+
+
+@pytest.fixture
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _full_page_png(driver, path: str) -> None:
+    data = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+    with open(path, "wb") as f:
+        f.write(base64.b64decode(data["data"]))
+
+
+def _natural_size(driver, css: str):
+    from selenium.webdriver.common.by import By
+
+    img = driver.find_element(By.CSS_SELECTOR, css)
+    return tuple(driver.execute_script(
+        "return arguments[0].complete ? [arguments[0].naturalWidth, arguments[0].naturalHeight] : null", img) or ())
+
+
+def test_browser_upload_degrade_rass_and_sam(server, browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from rass.data.synthetic import render_scene
+
+    wait = WebDriverWait(browser, STEP_TIMEOUT)
+    text = lambda elem_id: browser.find_element(By.ID, elem_id).text  # noqa: E731
+
+    def upload(path: str) -> None:
+        clear = browser.find_elements(By.CSS_SELECTOR, "#upload button[aria-label='Clear']")
+        if clear:
+            clear[0].click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))
+        browser.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(path)
+
+    browser.get(server)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))
+    models = text("models")
+    if os.path.isfile(QUICKSTART_WEIGHTS):
+        assert "the quickstart's tiny RASS model" in models
+    else:
+        assert "tiny RASS configuration with RANDOM weights" in models
+    assert "SAM and GleSAM" in models and "MODEL.SAM.CHECKPOINT is empty" in models
+
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    upload(str(broken))
+    wait.until(lambda d: "Error" in text("status"))
+    assert "broken.png: not an image file this demo can read" in text("status")
+    assert "Traceback" not in browser.page_source and str(tmp_path) not in text("status")
+
+    image, _ = render_scene(11, min_size=200, max_size=320)
+    h, w = image.shape[:2]
+    good = tmp_path / "street.png"
+    Image.fromarray(image).save(good)
+    upload(str(good))  # the server kept serving
+    wait.until(lambda d: "Loaded street.png" in text("status"))
+    browser.find_element(By.XPATH, "//*[@id='degradation']//label[.//span[text()='lqseg_3']]").click()
+    wait.until(lambda d: "lqseg_3" in text("status"))
+    wait.until(lambda d: _natural_size(d, "#degraded_input img") == (w, h))
+
+    browser.find_element(By.ID, "run_rass").click()
+    wait.until(lambda d: "RASS:" in text("rass_status") or "Error" in text("rass_status"))
+    assert "Error" not in text("rass_status"), text("rass_status")
+    for elem_id in ("rass_clean", "rass_degraded"):
+        wait.until(lambda d: _natural_size(d, f"#{elem_id} img") == (w, h))
+    assert browser.find_elements(By.CSS_SELECTOR, "#rass_legend table.rass-legend tbody tr")
+    assert "tags (degraded)" in text("rass_info")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#rass_files a[download]")) == 5
+    shots = {"rass": str(tmp_path / "app_rass.png"), "sam": str(tmp_path / "app_sam.png")}
+    _full_page_png(browser, shots["rass"])
+
+    browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'SAM / GleSAM')]").click()
+    canvas = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#sam_canvas img"))
+    wait.until(lambda d: _natural_size(d, "#sam_canvas img") == (w, h))
+    ActionChains(browser).move_to_element_with_offset(canvas, 0, 0).click().perform()  # the centre
+    wait.until(lambda d: "Segmented" in text("sam_status") or "Error" in text("sam_status"))
+    assert "Error" not in text("sam_status"), text("sam_status")
+    assert "1 positive / 0 negative" in text("sam_prompts")
+    for elem_id in ("sam_SAM", "sam_GleSAM"):
+        wait.until(lambda d: _natural_size(d, f"#{elem_id} img") == (w, h))
+    assert "IoU of the SAM and the GleSAM mask" in text("sam_metrics")
+    links = {a.get_attribute("download"): a.get_attribute("href")
+             for a in browser.find_elements(By.CSS_SELECTOR, "#sam_files a[download]")}
+    assert sorted(links) == ["street_glesam_mask.png", "street_glesam_overlay.png", "street_sam_mask.png",
+                             "street_sam_overlay.png"]
+    with urllib.request.urlopen(links["street_glesam_mask.png"], timeout=30) as r:
+        mask = np.asarray(Image.open(io.BytesIO(r.read())))
+    assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+    _full_page_png(browser, shots["sam"])
+
+    for path in shots.values():
+        with Image.open(path) as shot:
+            assert shot.size[0] >= 1000 and shot.size[1] >= 800
+    target = os.environ.get("RASS_SCREENSHOT_DIR")
+    if target:
+        os.makedirs(target, exist_ok=True)
+        for path in shots.values():
+            shutil.copyfile(path, os.path.join(target, os.path.basename(path)))
