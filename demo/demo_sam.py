@@ -172,7 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gle = PromptablePredictor(cfg)
     sam = None
     if args.compare:
-        sam = PromptablePredictor(model=gle.model.plain_sam())
+        sam = gle.plain_sam()
     failed = len(problems)
     for path in paths:
         try:

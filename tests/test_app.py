@@ -290,3 +290,15 @@ def test_command_line_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(REPO, "demo", "app.py"), "--config-file", "nope.yaml"],
                        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert r.returncode == 2 and "error: config file not found: nope.yaml" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_demo_benchmark_prints_its_table(capsys):
+    from conftest import load_script
+
+    bench = load_script("tools/benchmarks/bench_demo.py", "bench_demo")
+    assert bench.main(["--skip-rass", "--repeats", "1"]) == 0
+    table = capsys.readouterr().out
+    for row in ("build the SAM / GleSAM model(s)", "degrade: lqseg_3", "first click on the image (SAM + GleSAM",
+                "next click on the same image (SAM + GleSAM: decoders only)"):
+        assert row in table
+    assert "RASS tab" not in table

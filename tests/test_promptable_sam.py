@@ -104,3 +104,40 @@ def test_multimask_output_returns_the_best_scored_mask_and_bad_prompts_are_named
         model([{"image": image, "file_name": "x.png"}])
     with pytest.raises(NotImplementedError, match="eval"):
         model.train()([{"image": image, "boxes": torch.tensor([[0.0, 0, 5, 5]])}])
+
+
+def test_predictor_embeds_each_image_once_and_gives_the_models_own_masks(glesam):
+    import numpy as np
+
+    from rass.engine import PromptablePredictor
+
+    gle = PromptablePredictor(model=glesam)
+    sam = gle.plain_sam()
+    runs = {"encoder": 0, "unet": 0}
+    hooks = [glesam.sam.vision_encoder.register_forward_hook(lambda *a: runs.__setitem__("encoder", runs["encoder"] + 1)),
+             glesam.enhancer.register_forward_hook(lambda *a: runs.__setitem__("unet", runs["unet"] + 1))]
+    try:
+        image = _image(96, 128, seed=3).permute(1, 2, 0).numpy()
+        tensor = torch.from_numpy(image.transpose(2, 0, 1).copy())
+        for predictor, model in ((gle, glesam), (sam, glesam.plain_sam())):
+            for points, labels in (([[20.0, 30.0]], [1]), ([[20.0, 30.0], [90.0, 60.0]], [1, 0])):
+                out = predictor(image, points=points, labels=labels)
+                ref = model([{"image": tensor, "point_coords": torch.tensor([points]),
+                              "point_labels": torch.tensor([labels])}])[0]
+                torch.testing.assert_close(out["mask_logits"], ref["mask_logits"][0])
+                assert torch.equal(out["masks"], ref["masks"][0])
+                torch.testing.assert_close(out["iou_pred"], ref["iou_pred"][0])
+        runs.update(encoder=0, unet=0)
+        for predictor in (gle, sam, gle, sam):  # four calls on one image: one SAM encoding, one enhancement
+            predictor(image, points=[[10.0, 10.0]])
+        assert runs == {"encoder": 0, "unet": 0}  # all cached from the calls above
+        other = np.ascontiguousarray(image[:, ::-1])
+        gle(other, points=[[10.0, 10.0]])
+        sam(other, box=[5.0, 5.0, 60.0, 50.0])
+        assert runs == {"encoder": 1, "unet": 1}
+        gle.clear_cache()
+        gle(other, points=[[10.0, 10.0]])
+        assert runs == {"encoder": 2, "unet": 2}
+    finally:
+        for h in hooks:
+            h.remove()

@@ -426,7 +426,7 @@ class SamBackend:
         self.weight_notes = list(predictor.weight_notes)
         self.methods: Dict[str, PromptablePredictor] = {}
         if predictor.enhanced:
-            self.methods["SAM"] = PromptablePredictor(model=predictor.model.plain_sam())
+            self.methods["SAM"] = predictor.plain_sam()  # shares the SAM image encoder's cache
             self.methods["GleSAM"] = predictor
         else:
             self.methods["SAM"] = predictor

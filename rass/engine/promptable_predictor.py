@@ -1,8 +1,10 @@
 """`PromptablePredictor`: SAM / GleSAM behind a one-call interface for an RGB array and its prompts."""
 from __future__ import annotations
 
+import hashlib
 import logging
-from typing import Dict, Optional, Sequence
+import threading
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -11,9 +13,39 @@ from detectron2.config import configurable
 from rass.checkpoint import RASSCheckpointer
 from rass.engine.model_build import build_model_noting_random_weights
 
-__all__ = ["PromptablePredictor"]
+__all__ = ["PromptablePredictor", "LastImageCache"]
 
 logger = logging.getLogger(__name__)
+
+
+class LastImageCache:
+    """The embedding of the last image seen (SAM's `set_image` idea): clicking more prompts on the
+    same image decodes them without running the image encoder again. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._key: Optional[str] = None
+        self._value: Optional[Tuple[torch.Tensor, Tuple[int, int]]] = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(image: np.ndarray) -> str:
+        """A digest of the image's size and pixels."""
+        h = hashlib.blake2b(repr(image.shape).encode(), digest_size=16)
+        h.update(np.ascontiguousarray(image).data)
+        return h.hexdigest()
+
+    def get_or_compute(self, key: str, compute) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """The cached value of `key`, else `compute()` (which then replaces the cached one)."""
+        with self._lock:
+            if self._key != key:
+                self._value, self._key = compute(), key
+            return self._value
+
+    def clear(self) -> None:
+        """Forget the cached value (e.g. after loading other weights into the model)."""
+        with self._lock:
+            self._key, self._value = None, None
 
 
 class PromptablePredictor:
@@ -27,20 +59,29 @@ class PromptablePredictor:
 
         predictor = PromptablePredictor(setup_cfg("configs/lqseg/glesam_vitl_sd21.yaml"))
         out = predictor(rgb, points=[[120, 80]], labels=[1])   # {"masks", "mask_logits", "iou_pred"}
+        sam = predictor.plain_sam()                            # SAM alone, same weights and encoder cache
+
+    The image embedding of the last image is kept (`LastImageCache`): more prompts on the same image
+    run only the prompt encoder and the mask decoder (`clear_cache()` after changing the weights).
 
     Args:
         model: a PromptableSAM model in eval mode, with its weights.
         weight_notes: what of the model has random weights (empty when every part was loaded);
             `from_config` fills it (the same lines are logged as warnings).
+        encoder_cache: the cache of SAM's (not enhanced) image embedding, to share it with another
+            predictor of the same SAM (`plain_sam`); default a new one.
     """
 
     @configurable
-    def __init__(self, *, model: torch.nn.Module, weight_notes: Sequence[str] = ()) -> None:
+    def __init__(self, *, model: torch.nn.Module, weight_notes: Sequence[str] = (),
+                 encoder_cache: Optional[LastImageCache] = None) -> None:
         if not hasattr(model, "transform") or not hasattr(model, "sam"):
             raise ValueError(f"PromptablePredictor needs MODEL.META_ARCHITECTURE 'PromptableSAM', got "
                              f"{type(model).__name__}")
         self.model = model.eval()
         self.weight_notes = list(weight_notes)
+        self._encoded = encoder_cache or LastImageCache()
+        self._enhanced = LastImageCache()
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -53,6 +94,34 @@ class PromptablePredictor:
     def enhanced(self) -> bool:
         """Whether the model runs GleSAM's latent enhancement."""
         return self.model.enhancer is not None
+
+    def plain_sam(self) -> "PromptablePredictor":
+        """Plain SAM with this model's SAM (no enhancement), sharing this predictor's encoder cache:
+        SAM and GleSAM on the same image run SAM's image encoder once."""
+        return PromptablePredictor(model=self.model.plain_sam(), encoder_cache=self._encoded)
+
+    def clear_cache(self) -> None:
+        """Forget the cached image embeddings."""
+        self._encoded.clear()
+        self._enhanced.clear()
+
+    @torch.no_grad()
+    def embedding(self, image: np.ndarray) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """(1 x 256 x 64 x 64 image embedding, enhanced for GleSAM; the resized size in SAM's frame),
+        computed once per image (the last image's is cached).
+
+        Args:
+            image: H x W x 3 uint8 RGB array.
+        """
+        def encode() -> Tuple[torch.Tensor, Tuple[int, int]]:
+            z, valid = self.model.encode([torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))])
+            return z, valid[0]
+
+        key = LastImageCache.key(image)
+        z, valid = self._encoded.get_or_compute(key, encode)
+        if self.model.enhancer is None:
+            return z, valid
+        return self._enhanced.get_or_compute(key, lambda: (self.model.enhancer(z), valid))
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, points: Optional[Sequence[Sequence[float]]] = None,
@@ -87,5 +156,6 @@ class PromptablePredictor:
             inp["boxes"] = b
         if "point_coords" not in inp and "boxes" not in inp:
             raise ValueError("PromptablePredictor: give at least one point or a box")
-        out = self.model([inp])[0]
+        z, valid = self.embedding(image)
+        out = self.model.decode(inp, z, valid)
         return {"masks": out["masks"][0], "mask_logits": out["mask_logits"][0], "iou_pred": out["iou_pred"][0]}

@@ -294,16 +294,27 @@ class PromptableSAM(nn.Module):
             return self.training_losses(batched_inputs)
         with torch.no_grad():
             z, valid = self.image_embeddings([x["image"] for x in batched_inputs])
-            results = []
-            for i, inp in enumerate(batched_inputs):
-                h, w = (int(v) for v in inp["image"].shape[-2:])
-                out_hw = (int(inp.get("height", h)), int(inp.get("width", w)))
-                low_res, iou = sam_predict(self.sam, z[i:i + 1], multimask_output=self.multimask_output,
-                                           **self._prompts(inp, (h, w)))
-                low_res, iou = low_res[0], iou[0]  # P x M x 256 x 256, P x M
-                best = iou.argmax(dim=1)
-                pick = torch.arange(low_res.shape[0], device=low_res.device)
-                low_res, iou = low_res[pick, best], iou[pick, best]
-                logits = self.to_output_size(low_res, valid[i], out_hw)
-                results.append({"mask_logits": logits, "masks": logits > self.mask_threshold, "iou_pred": iou})
-        return results
+            return [self.decode(inp, z[i:i + 1], valid[i]) for i, inp in enumerate(batched_inputs)]
+
+    def decode(self, inp: Dict, embedding: torch.Tensor, valid_hw: Tuple[int, int]) -> Dict[str, torch.Tensor]:
+        """The masks of one input's prompts from its image embedding (the second half of `forward`,
+        so that an interactive caller can embed an image once and decode many prompts).
+
+        Args:
+            inp: one input dict of `forward` (its "image" gives the prompts' frame: only its size is read).
+            embedding: 1 x 256 x 64 x 64, from `image_embeddings` of that image.
+            valid_hw: the image's resized size in SAM's frame (from `image_embeddings`).
+
+        Returns:
+            {"mask_logits": P x H x W, "masks": P x H x W bool, "iou_pred": P}, P prompts per image.
+        """
+        h, w = (int(v) for v in inp["image"].shape[-2:])
+        out_hw = (int(inp.get("height", h)), int(inp.get("width", w)))
+        low_res, iou = sam_predict(self.sam, embedding, multimask_output=self.multimask_output,
+                                   **self._prompts(inp, (h, w)))
+        low_res, iou = low_res[0], iou[0]  # P x M x 256 x 256, P x M
+        best = iou.argmax(dim=1)
+        pick = torch.arange(low_res.shape[0], device=low_res.device)
+        low_res, iou = low_res[pick, best], iou[pick, best]
+        logits = self.to_output_size(low_res, valid_hw, out_hw)
+        return {"mask_logits": logits, "masks": logits > self.mask_threshold, "iou_pred": iou}
