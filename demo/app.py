@@ -32,9 +32,10 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rass.app.backends import (  # noqa: E402
-    DEFAULT_MAX_PIXELS, Downloads, RassBackend, SamBackend, choose_rass_model, choose_sam_model, load_backend,
-)
+from rass.app.inputs import DEFAULT_MAX_PIXELS, Downloads  # noqa: E402
+from rass.app.models import choose_rass_model, choose_sam_model, load_backend  # noqa: E402
+from rass.app.rass_tab import RassBackend  # noqa: E402
+from rass.app.sam_tab import SamBackend  # noqa: E402
 from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, enable_debug, run_cli  # noqa: E402
 from rass.utils.errors import UserError  # noqa: E402
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rass.app.backends import (
-    AppError, Degrader, Downloads, Prompts, RassBackend, SamBackend, check_seed, choose_rass_model, choose_sam_model,
-    load_backend, load_upload,
-)
+from rass.app.inputs import Degrader, Downloads, check_seed, load_upload
+from rass.app.models import AppError, choose_rass_model, choose_sam_model, load_backend
+from rass.app.rass_tab import RassBackend
+from rass.app.sam_tab import Prompts, SamBackend
 from rass.app.session import DemoApp, legend_html
 from rass.config import setup_cfg
 from rass.data.degradation import build_degradation

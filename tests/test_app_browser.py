@@ -160,6 +160,7 @@ def test_browser_upload_degrade_rass_and_sam(server, browser, tmp_path):
     browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'SAM / GleSAM')]").click()
     canvas = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#sam_canvas img"))
     wait.until(lambda d: _natural_size(d, "#sam_canvas img") == (w, h))
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
     ActionChains(browser).move_to_element_with_offset(canvas, 0, 0).click().perform()  # the centre
     wait.until(lambda d: "Segmented" in text("sam_status") or "Error" in text("sam_status"))
     assert "Error" not in text("sam_status"), text("sam_status")

@@ -1,4 +1,5 @@
 """The browser demo (`demo/app.py`): degrade an image, segment it with RASS and with SAM / GleSAM, compare.
 
-`rass.app.backends` holds the work (no gradio needed); `rass.app.page` builds the gradio page.
+The work needs no gradio: `models` (which model each tab runs), `inputs` (uploads, degradations,
+downloads), `rass_tab`, `sam_tab`, and `session` (the page's actions); `page` builds the gradio page.
 """

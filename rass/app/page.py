@@ -13,9 +13,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home; the
 
 import gradio as gr  # noqa: E402
 
-from rass.app.backends import CLICK_MODES, DEGRADATIONS  # noqa: E402
+from rass.app.inputs import DEGRADATIONS  # noqa: E402
+from rass.app.models import user_message  # noqa: E402
+from rass.app.sam_tab import CLICK_MODES  # noqa: E402
 from rass.app.session import DemoApp, error_markdown  # noqa: E402
-from rass.utils.cli import as_user_error  # noqa: E402
 
 __all__ = ["build_page", "THEME"]
 
@@ -34,11 +35,11 @@ clean and the degraded image, or click prompts for **SAM / GleSAM** on the degra
 
 
 def _failure(exc: BaseException) -> str:
-    err = as_user_error(exc)
-    if err is None:
+    message = user_message(exc)
+    if message is None:
         logger.exception("demo action failed")
         return error_markdown(f"internal error ({type(exc).__name__}: {exc}); the server log has the traceback")
-    return error_markdown(err.message + (f" (hint: {err.hint})" if err.hint else ""))
+    return error_markdown(message)
 
 
 def _bind(components: Dict[str, gr.components.Component], outputs: Sequence[str], status: str,

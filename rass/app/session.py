@@ -14,10 +14,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from rass.app.backends import (
-    AppError, Degrader, Downloads, Loaded, Prompts, RassBackend, SamBackend, draw_prompts, load_upload,
-    DEFAULT_MAX_PIXELS,
-)
+from rass.app.inputs import DEFAULT_MAX_PIXELS, Degrader, Downloads, load_upload
+from rass.app.models import AppError, Loaded
+from rass.app.rass_tab import RassBackend
+from rass.app.sam_tab import Prompts, SamBackend, draw_prompts
 
 __all__ = ["DemoApp", "METHODS", "RESULT_KEYS"]
 

@@ -27,9 +27,10 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from rass.app.backends import (  # noqa: E402
-    DEGRADATIONS, Downloads, Loaded, RassBackend, SamBackend, choose_rass_model, choose_sam_model, load_backend,
-)
+from rass.app.inputs import DEGRADATIONS, Downloads  # noqa: E402
+from rass.app.models import Loaded, choose_rass_model, choose_sam_model, load_backend  # noqa: E402
+from rass.app.rass_tab import RassBackend  # noqa: E402
+from rass.app.sam_tab import SamBackend  # noqa: E402
 from rass.app.examples import write_examples  # noqa: E402
 from rass.app.session import DemoApp  # noqa: E402
 
