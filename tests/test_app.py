@@ -170,7 +170,8 @@ def test_prompts_points_and_a_box_from_two_corners():
     assert q.corner == [50.0, 8.0] and q.box is None and not q.ready
     q = q.add_click(12, 40, "box corner")
     assert q.box == [12.0, 8.0, 50.0, 40.0] and q.corner is None and q.ready
-    assert "box 12, 8, 50, 40" in q.describe() and "1 positive / 1 negative" in p.describe()
+    assert "box 12, 8, 50, 40" in q.describe()
+    assert p.describe() == "1 positive / 1 negative point(s): +(10, 20) -(30, 5)"
     with pytest.raises(AppError, match="click mode"):
         p.add_click(0, 0, "lasso")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -108,6 +109,7 @@ def test_browser_upload_degrade_rass_and_sam(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from rass.app.examples import SCENE_SEED, SCENE_SIZES
     from rass.data.synthetic import render_scene
 
     wait = WebDriverWait(browser, STEP_TIMEOUT)
@@ -161,10 +163,20 @@ def test_browser_upload_degrade_rass_and_sam(server, browser, tmp_path):
     canvas = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#sam_canvas img"))
     wait.until(lambda d: _natural_size(d, "#sam_canvas img") == (w, h))
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
-    ActionChains(browser).move_to_element_with_offset(canvas, 0, 0).click().perform()  # the centre
+    shown_w, shown_h = browser.execute_script("return [arguments[0].clientWidth, arguments[0].clientHeight]", canvas)
+
+    def click_at(x: float, y: float) -> None:  # image pixels -> an offset from the shown image's centre
+        ActionChains(browser).move_to_element_with_offset(
+            canvas, round((x - w / 2) * shown_w / w), round((y - h / 2) * shown_h / h)).click().perform()
+
+    def points_and_box(line: str):
+        return [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", line.split(":", 1)[-1])]
+
+    click_at(w / 2, h / 2)
     wait.until(lambda d: "Segmented" in text("sam_status") or "Error" in text("sam_status"))
     assert "Error" not in text("sam_status"), text("sam_status")
-    assert "1 positive / 0 negative" in text("sam_prompts")
+    assert text("sam_prompts").startswith("1 positive / 0 negative point(s): +(")
+    assert points_and_box(text("sam_prompts")) == pytest.approx([w / 2, h / 2], abs=2.5)  # clicks land where aimed
     for elem_id in ("sam_SAM", "sam_GleSAM"):
         wait.until(lambda d: _natural_size(d, f"#{elem_id} img") == (w, h))
     assert "IoU of the SAM and the GleSAM mask" in text("sam_metrics")
@@ -176,6 +188,21 @@ def test_browser_upload_degrade_rass_and_sam(server, browser, tmp_path):
         mask = np.asarray(Image.open(io.BytesIO(r.read())))
     assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
     _full_page_png(browser, shots["sam"])
+
+    browser.find_element(By.XPATH, "//*[@id='click_mode']//label[.//span[text()='box corner']]").click()
+    click_at(w * 0.2, h * 0.25)
+    wait.until(lambda d: "click the opposite corner" in text("sam_prompts"))
+    click_at(w * 0.8, h * 0.7)
+    wait.until(lambda d: re.search(r"; box \d", text("sam_prompts")))  # (not "; box corner at")
+    box = points_and_box(text("sam_prompts").split("; box ")[1])
+    assert box == pytest.approx([w * 0.2, h * 0.25, w * 0.8, h * 0.7], abs=2.5)
+
+    example = browser.find_element(By.XPATH, "//button[.//*[contains(text(), 'synthetic_scene.png')]] | "
+                                             "//button[contains(., 'synthetic_scene.png')]")
+    example.click()  # a bundled example replaces the upload
+    wait.until(lambda d: "Loaded synthetic_scene.png" in text("status"))
+    scene, _ = render_scene(SCENE_SEED, *SCENE_SIZES)
+    wait.until(lambda d: _natural_size(d, "#clean_input img") == (scene.shape[1], scene.shape[0]))
 
     for path in shots.values():
         with Image.open(path) as shot:

@@ -19,6 +19,7 @@ __all__ = ["write_examples"]
 
 logger = logging.getLogger(__name__)
 SCENE_SEED = 7
+SCENE_SIZES = (320, 480)  # smallest and largest side of the synthetic scene
 
 
 def _sample_photo() -> str:
@@ -47,7 +48,7 @@ def write_examples(folder: str) -> List[str]:
         paths.append(dst)
     else:
         logger.warning("matplotlib's sample photo grace_hopper.jpg is missing: that example is left out")
-    image, _ = render_scene(SCENE_SEED, min_size=320, max_size=480)
+    image, _ = render_scene(SCENE_SEED, *SCENE_SIZES)
     dst = os.path.join(folder, "synthetic_scene.png")
     save_image_atomic(dst, image)
     paths.append(dst)

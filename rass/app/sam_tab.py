@@ -60,9 +60,10 @@ class Prompts:
         return {"points": self.points, "labels": self.labels, "box": self.box}
 
     def describe(self) -> str:
-        """One line for the page."""
+        """One line for the page, e.g. "1 positive / 1 negative point(s): +(10, 20) -(30, 5); box 12, 8, 50, 40"."""
         pos, neg = self.labels.count(1), self.labels.count(0)
-        parts = [f"{pos} positive / {neg} negative point(s)"]
+        points = " ".join(f"{'+' if label else '-'}({x:.0f}, {y:.0f})" for (x, y), label in zip(self.points, self.labels))
+        parts = [f"{pos} positive / {neg} negative point(s)" + (f": {points}" if points else "")]
         if self.box is not None:
             parts.append("box " + ", ".join(f"{v:.0f}" for v in self.box))
         if self.corner is not None:
