@@ -17,6 +17,7 @@ from rass.modeling.tagging import FixedPromptTagger
 
 __all__ = ["RassBackend", "RassResult"]
 
+
 @dataclass
 class RassResult:
     """RASS on the clean and on the degraded image.
