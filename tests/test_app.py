@@ -69,6 +69,10 @@ def test_random_weights_are_listed_and_a_missing_weights_file_becomes_the_tabs_m
     missing = str(tmp_path / "nope.pth")
     broken = load_backend(choose_rass_model(TINY_RASS, ["MODEL.WEIGHTS", missing]), RassBackend.from_cfg)
     assert broken.backend is None and missing in broken.error and "Traceback" not in broken.error
+    again = load_backend(choose_sam_model(TINY_GLESAM), SamBackend.from_cfg)  # random weights, seeded
+    for a, b in zip(sam_backend.backend.methods["GleSAM"].model.parameters(),
+                    again.backend.methods["GleSAM"].model.parameters()):
+        assert torch.equal(a, b)
     wrong = load_backend(choose_sam_model(TINY_RASS), SamBackend.from_cfg)
     assert "PromptableSAM" in wrong.error
     swapped = load_backend(choose_rass_model(TINY_GLESAM), RassBackend.from_cfg)
@@ -103,7 +107,8 @@ def test_bundled_examples_are_written_and_readable(tmp_path):
 
     paths = write_examples(str(tmp_path / "ex"))
     names = [os.path.basename(p) for p in paths]
-    assert names[-1] == "synthetic_scene.png" and set(names) <= {"grace_hopper.jpg", "synthetic_scene.png"}
+    assert names[-2:] == ["synthetic_scene.png", "synthetic_object.png"]
+    assert set(names) <= {"grace_hopper.jpg", "synthetic_scene.png", "synthetic_object.png"}
     for p in paths:
         image = load_upload(p)
         assert image.dtype == np.uint8 and min(image.shape[:2]) >= 300

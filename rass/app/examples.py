@@ -4,6 +4,8 @@
   (a U.S. Navy photograph, public domain), 512 x 600.
 - ``synthetic_scene.png``: a scene of the project's synthetic ADE20K-format generator
   (`rass.data.synthetic.render_scene`), the kind of image the quickstart model is trained on.
+- ``synthetic_object.png``: one object on a textured background from the synthetic LQSeg generator
+  (`rass.data.synthetic_masks.make_synthetic_object`), to click on in the SAM / GleSAM tab.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import shutil
 from typing import List
 
 from rass.data.synthetic import render_scene
+from rass.data.synthetic_masks import make_synthetic_object
 from rass.utils.io import save_image_atomic
 
 __all__ = ["write_examples"]
@@ -20,6 +23,8 @@ __all__ = ["write_examples"]
 logger = logging.getLogger(__name__)
 SCENE_SEED = 7
 SCENE_SIZES = (320, 480)  # smallest and largest side of the synthetic scene
+OBJECT_SEED = 3
+OBJECT_SIZES = (320, 400)  # smallest and largest side of the synthetic object image
 
 
 def _sample_photo() -> str:
@@ -50,6 +55,10 @@ def write_examples(folder: str) -> List[str]:
         logger.warning("matplotlib's sample photo grace_hopper.jpg is missing: that example is left out")
     image, _ = render_scene(SCENE_SEED, *SCENE_SIZES)
     dst = os.path.join(folder, "synthetic_scene.png")
+    save_image_atomic(dst, image)
+    paths.append(dst)
+    image, _, _ = make_synthetic_object(OBJECT_SEED, 0, *OBJECT_SIZES)
+    dst = os.path.join(folder, "synthetic_object.png")
     save_image_atomic(dst, image)
     paths.append(dst)
     return paths
