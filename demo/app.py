@@ -5,7 +5,8 @@
     .venv/bin/python demo/app.py --config-file configs/ade20k/semantic-segmentation/rass_sd21_bs16_160k.yaml \\
         --opts MODEL.WEIGHTS weights/rass.pth \\
         --sam-config-file configs/lqseg/glesam_vitl_sd21.yaml \\
-        --sam-opts MODEL.SAM.CHECKPOINT weights/sam_vit_l_0b3195.pth MODEL.GLESAM.LORA_PATH weights/glesam_lora.pt
+        --sam-opts MODEL.SAM.CHECKPOINT weights/sam_vit_l_0b3195.pth \\
+                   MODEL.GLESAM.LORA_PATH weights/glesam/pytorch_lora_weights.safetensors
 
 Starts a local page (gradio) on 127.0.0.1 and prints its URL. Upload an image or pick one of the
 bundled examples, choose a degradation (none, lqseg_1/2/3, rass) and a seed, then
