@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from rass.app.inputs import DEFAULT_MAX_PIXELS, Degrader, Downloads, load_upload
+from rass.app.inputs import DEFAULT_MAX_PIXELS, Degrader, Downloads, check_seed, load_upload
 from rass.app.models import AppError, Loaded
 from rass.app.rass_tab import RassBackend
 from rass.app.sam_tab import Prompts, SamBackend, draw_prompts
@@ -101,7 +101,7 @@ class DemoApp:
     def _degrade(self, state: Dict, preset: str, seed: object, prefix: str) -> Dict:
         start = time.perf_counter()
         state["degraded"] = self.degrader(state["clean"], preset, seed)
-        state["preset"], state["seed"] = preset, int(float(seed))
+        state["preset"], state["seed"] = preset, check_seed(seed)
         what = "no degradation" if preset == "none" else \
             f"degraded with {preset}, seed {state['seed']}, in {time.perf_counter() - start:.2f} s"
         return self._show(state, f"{prefix}; {what}" if prefix else what.capitalize())

@@ -69,16 +69,16 @@ class RandomWeightNotes:
 
     Args:
         model: the freshly built model.
-        records: the held WARNING records about random weights.
-        log: log each warning when it is decided (at once without `expect_load`, else after the load).
+        records: the held WARNING records about random weights (each is logged once it is decided: at
+            once without `expect_load`, else after the load).
         expect_load: a checkpoint will be loaded (MODEL.WEIGHTS is set); wait for it.
         weights: the checkpoint's name for the log line.
     """
 
-    def __init__(self, model: torch.nn.Module, records: List[logging.LogRecord], log: bool = True,
-                 expect_load: bool = False, weights: str = "") -> None:
+    def __init__(self, model: torch.nn.Module, records: List[logging.LogRecord], expect_load: bool = False,
+                 weights: str = "") -> None:
         self.messages: List[str] = [r.getMessage() for r in records]
-        self._log, self._weights = log, weights
+        self._weights = weights
         if not records:
             return
         if not expect_load:
@@ -88,9 +88,8 @@ class RandomWeightNotes:
         self._handle = model.register_load_state_dict_post_hook(self._after_load)
 
     def _emit(self) -> None:
-        if self._log:
-            for m in self.messages:
-                logger.warning(m)
+        for m in self.messages:
+            logger.warning(m)
 
     def _after_load(self, module: torch.nn.Module, incompatible) -> None:
         self._handle.remove()  # the first load decides
@@ -102,21 +101,19 @@ class RandomWeightNotes:
             self._emit()
         else:
             self.messages = []
-            if self._log:
-                logger.info(f"The parts built with random weights were all set from MODEL.WEIGHTS ({self._weights})")
+            logger.info(f"The parts built with random weights were all set from MODEL.WEIGHTS ({self._weights})")
 
 
-def build_model_noting_random_weights(cfg, log: bool = True) -> Tuple[torch.nn.Module, RandomWeightNotes]:
+def build_model_noting_random_weights(cfg) -> Tuple[torch.nn.Module, RandomWeightNotes]:
     """detectron2's `build_model` with its "random weights" warnings held back until they are known
     to be true (see `RandomWeightNotes`; the predictors show them, e.g. on the browser demo's page).
 
     Args:
         cfg: the project config.
-        log: also log each warning once it is decided.
     """
     with _held_random_weight_warnings() as held:
         model = d2_build_model(cfg)
-    notes = RandomWeightNotes(model, held.records, log=log, expect_load=bool(cfg.MODEL.WEIGHTS),
+    notes = RandomWeightNotes(model, held.records, expect_load=bool(cfg.MODEL.WEIGHTS),
                               weights=cfg.MODEL.WEIGHTS)
     return model, notes
 
