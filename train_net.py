@@ -28,6 +28,7 @@ from rass.engine import Trainer
 from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, LaunchedMain, run_cli
 from rass.utils.errors import UserError
 from rass.utils.io import write_text_atomic
+from rass.utils.outputs import make_output_folder
 
 
 def setup(args):
@@ -43,7 +44,7 @@ def setup(args):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     out, rank, color = cfg.OUTPUT_DIR, comm.get_rank(), sys.stdout.isatty()
     if comm.is_main_process() and out:
-        os.makedirs(out, exist_ok=True)
+        make_output_folder(out, "OUTPUT_DIR")
     setup_logger(out, distributed_rank=rank, name="fvcore", color=color)
     logger = setup_logger(out, distributed_rank=rank, color=color)
     setup_logger(out, distributed_rank=rank, name="rass", color=color)

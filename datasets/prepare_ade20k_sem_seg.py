@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from rass.utils.errors import UserFileNotFoundError, UserValueError
 from rass.utils.io import save_image_atomic
 
 
@@ -29,10 +30,10 @@ def convert_label(official: np.ndarray, path: str = "<array>") -> np.ndarray:
         path: file name for error messages.
     """
     if official.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel label image, got shape {official.shape}")
+        raise UserValueError(f"{path}: expected a single-channel label image, got shape {official.shape}")
     bad = np.unique(official[official > 150])
     if bad.size:
-        raise ValueError(f"{path}: label values {bad.tolist()} are outside the official range 0..150")
+        raise UserValueError(f"{path}: label values {bad.tolist()} are outside the official range 0..150")
     out = official.astype(np.int16) - 1
     out[official == 0] = 255
     return out.astype(np.uint8)
@@ -43,7 +44,8 @@ def convert_split(root: str, split: str, overwrite: bool = False) -> int:
     src = os.path.join(root, "annotations", split)
     dst = os.path.join(root, "annotations_detectron2", split)
     if not os.path.isdir(src):
-        raise FileNotFoundError(f"official annotations not found: {src} (expected ADEChallengeData2016/annotations/{split})")
+        raise UserFileNotFoundError(f"official annotations not found: {src} (expected "
+                                    f"ADEChallengeData2016/annotations/{split})")
     names = sorted(n for n in os.listdir(src) if n.endswith(".png"))
     written = 0
     for name in tqdm(names, desc=f"ADE20K {split}"):
@@ -72,4 +74,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rass.utils.cli import run_cli
+
+    run_cli(main)

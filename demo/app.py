@@ -18,25 +18,29 @@ bundled examples, choose a degradation (none, lqseg_1/2/3, rass) and a seed, the
 Without `--config-file` the RASS tab runs the quickstart's trained model when scripts/quickstart.sh
 has written output/quickstart/model_final.pth, else the tiny configuration with random weights;
 without `--sam-config-file` the SAM tab runs the tiny random SAM + CRE UNet. The page says which
-parts have random weights. Problems (an unreadable or huge upload, missing weights) are shown on
-the page; the server keeps serving. Ctrl-C stops it.
+parts have random weights (`--init-seed` seeds them: the same masks every start). Problems (an
+unreadable or huge upload, missing weights, invalid values sent to the page's API) are shown on
+the page; the server keeps serving. Uploads, results and gradio's file cache stay in a private
+temporary folder (mode 0700; the newest ~50 requests' files are kept) that is removed when the
+server stops. Ctrl-C (or SIGTERM) stops it.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import signal
 import socket
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rass.app.inputs import DEFAULT_MAX_PIXELS, Downloads  # noqa: E402
 from rass.app.models import choose_rass_model, choose_sam_model, load_backend  # noqa: E402
+from rass.engine.model_build import add_init_seed_argument  # noqa: E402
 from rass.app.rass_tab import RassBackend  # noqa: E402
 from rass.app.sam_tab import SamBackend  # noqa: E402
+from rass.app.workdir import WorkDir  # noqa: E402
 from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, enable_debug, run_cli  # noqa: E402
 from rass.utils.errors import UserError  # noqa: E402
 
@@ -54,6 +58,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"largest accepted upload, width x height (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--opacity", type=float, default=0.5, help="weight of the colours in the overlays (0..1)")
+    add_init_seed_argument(p)
     p.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     args = p.parse_args(argv)
     for flag, opts in (("--opts", args.opts), ("--sam-opts", args.sam_opts)):
@@ -80,41 +85,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path in (args.config_file, args.sam_config_file):
         if path and not os.path.isfile(path):
             raise UserError(f"config file not found: {path}")
-    work = tempfile.mkdtemp(prefix="rass_app_")
+    work = WorkDir()
+    work.use_for_gradio()  # before gradio is imported and builds the page
+    previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that `finally` cleans up
     try:
         from rass.app.examples import write_examples
         from rass.app.session import DemoApp
 
         print("building the models ...", flush=True)
         rass = load_backend(choose_rass_model(args.config_file, args.opts),
-                            lambda cfg: RassBackend.from_cfg(cfg, opacity=args.opacity))
+                            lambda cfg: RassBackend.from_cfg(cfg, opacity=args.opacity), seed=args.init_seed)
         sam = load_backend(choose_sam_model(args.sam_config_file, args.sam_opts),
-                           lambda cfg: SamBackend.from_cfg(cfg, opacity=args.opacity))
+                           lambda cfg: SamBackend.from_cfg(cfg, opacity=args.opacity), seed=args.init_seed)
         for name, loaded in (("RASS", rass), ("SAM / GleSAM", sam)):
             if loaded.error:
                 print(f"warning: the {name} tab has no model: {loaded.error}", file=sys.stderr)
-        app = DemoApp(rass, sam, Downloads(os.path.join(work, "downloads")), max_pixels=args.max_pixels)
-        examples = write_examples(os.path.join(work, "examples"))
+        app = DemoApp(rass, sam, Downloads(work.downloads), max_pixels=args.max_pixels)
+        examples = write_examples(work.examples)
 
         from rass.app.page import CSS, THEME, build_page
 
-        page = build_page(app, examples)
+        page = build_page(app, examples, before=work.prune_gradio_cache)
         port = args.port or free_port(args.host)
         page.queue(default_concurrency_limit=1)
         try:
             page.launch(server_name=args.host, server_port=port, prevent_thread_lock=True, quiet=True,
-                        allowed_paths=[work], max_file_size="200mb", theme=THEME, css=CSS, ssr_mode=False)
+                        allowed_paths=[work.root], max_file_size="200mb", theme=THEME, css=CSS, ssr_mode=False)
         except OSError as e:  # the port is taken, the address is not this machine's
             raise UserError(f"cannot serve on {args.host}:{port} ({e})",
                             hint="choose another --port (0: any free port) or --host") from None
+        work.keep_page_files()  # the examples' copies in gradio's cache stay while the page is served
         print(f"RASS demo running at http://{args.host}:{port}/ (Ctrl-C to stop)", flush=True)
         try:
             page.block_thread()
         finally:
             page.close()
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        work.close()
     return 0
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,12 @@ import numpy as np
 from tqdm import tqdm
 
 from rass.config import setup_cfg
-from rass.data.dataset_mappers.io import read_image_checked
+from rass.utils.image_io import read_image_checked
 from rass.engine import SemanticPredictor
+from rass.engine.model_build import add_init_seed_argument, seeded_init
 from rass.evaluation.visualize import class_areas, draw_legend, overlay, short_name
 from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, enable_debug, report_user_error, run_cli
+from rass.utils.errors import UserError
 from rass.utils.inputs import collect_image_paths
 from rass.utils.io import save_image_atomic
 from rass.utils.outputs import OutputError, check_writable, image_outputs
@@ -51,6 +53,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--save-labels", action="store_true", help="also write the class ids as a uint8 PNG per image")
     p.add_argument("--top", type=int, default=5, help="classes per line of the printed summary")
     p.add_argument("--batch-size", type=int, default=4, help="video frames per forward pass")
+    add_init_seed_argument(p)
     p.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
                    help="config overrides (KEY VALUE pairs), last on the command line")
@@ -122,8 +125,8 @@ def run_images(predictor: SemanticPredictor, args: argparse.Namespace, plan) -> 
             continue
         try:
             image = read_image_checked(path, "RGB")
-        except (OSError, ValueError) as e:
-            report(f"{path}: cannot read the image ({e})")
+        except UserError as e:  # a missing, damaged or unknown file (DataFileError)
+            report(f"{path}: cannot read the image ({e.message})")
             failed += 1
             continue
         labels = predictor(image)["labels"].cpu().numpy()
@@ -233,7 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = setup_cfg(args.config_file, args.opts)
         plan = plan_outputs(args)  # output problems are found before the model is built
-        predictor = SemanticPredictor(cfg)
+        with seeded_init(args.init_seed):  # parts without weights (e.g. MODEL.RASS.SD_PATH "") are seeded
+            predictor = SemanticPredictor(cfg)
         if args.save_labels and len(predictor.class_names) > 255:
             raise DemoError(f"--save-labels writes uint8 PNGs: {len(predictor.class_names)} classes do not fit")
         failed = run_images(predictor, args, plan) if args.input else run_video(predictor, args, plan)

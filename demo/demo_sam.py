@@ -34,8 +34,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rass.config import setup_cfg  # noqa: E402
-from rass.data.dataset_mappers.io import read_image_checked  # noqa: E402
+from rass.utils.image_io import read_image_checked  # noqa: E402
 from rass.engine import PromptablePredictor  # noqa: E402
+from rass.engine.model_build import add_init_seed_argument, seeded_init  # noqa: E402
 from rass.evaluation.visualize import draw, mask_iou  # noqa: E402
 from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, enable_debug, run_cli  # noqa: E402
 from rass.utils.errors import UserError  # noqa: E402
@@ -60,6 +61,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--compare", action="store_true", help="plain SAM and GleSAM side by side on the same prompts")
     p.add_argument("--output", default=None, help="folder (or a .png/.jpg file for one input)")
     p.add_argument("--opacity", type=float, default=0.5, help="mask opacity in the overlay")
+    add_init_seed_argument(p)
     p.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return p.parse_args(argv)
@@ -169,7 +171,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for folder in sorted({os.path.dirname(o) for pair in outs.values() for o in pair if o}):
         check_writable(args.output, folder)  # before any model is built
     cfg = setup_cfg(args.config_file, list(args.opts) + (["MODEL.GLESAM.ENHANCE", "True"] if args.compare else []))
-    gle = PromptablePredictor(cfg)
+    with seeded_init(args.init_seed):  # parts without weights (e.g. the tiny SAM) are seeded
+        gle = PromptablePredictor(cfg)
     sam = None
     if args.compare:
         sam = gle.plain_sam()
@@ -196,7 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 stem = os.path.splitext(overlay_path)[0]
                 for suffix, m in masks.items():
                     save_image_atomic(f"{stem}_{suffix}.png", m.astype(np.uint8) * 255)
-        except (UserError, ValueError, OSError) as e:
+        except UserError as e:  # this input's problem (file, prompt); a bug propagates with its traceback
             print(f"error: {path}: {e}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0

@@ -27,6 +27,8 @@ def _add_data_config(cfg: CN) -> None:
     cfg.INPUT.SIZE_DIVISIBILITY = -1
     # Check that every label value is in 0..NUM_CLASSES-1 or IGNORE_VALUE when it is loaded.
     cfg.INPUT.VALIDATE_LABELS = True
+    # EXIF orientation of labelled images (datasets): "apply" (turned upright, as detectron2; labels must follow the upright image) or "ignore" (stored pixels).
+    cfg.INPUT.LABELLED_EXIF = "apply"
 
 
 def _add_solver_config(cfg: CN) -> None:
@@ -41,6 +43,10 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.POLY_LR_POWER = 0.9
     # Keep only the newest N periodic checkpoints (0: keep all; model_final.pth is always kept).
     cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
+    # A total loss above this many times the median of the run's first in-range losses (or a NaN / inf one)
+    # marks the checkpoints whose weights gave it as diverged (OUTPUT_DIR/diverged_checkpoints.json); --resume
+    # skips them. 0: only NaN / inf losses count.
+    cfg.SOLVER.LOSS_RANGE_FACTOR = 100.0
 
 
 def _add_test_config(cfg: CN) -> None:
@@ -147,7 +153,7 @@ def _add_degradation_config(cfg: CN) -> None:
     d.DEVICE = "model"
     # Keep the clean image available to the model next to the degraded one (e.g. for the tagger).
     d.KEEP_CLEAN = True
-    # Base seed of the per-image seeds (mixed with rank and worker id); -1: operating-system entropy.
+    # Base seed of the per-image degradation seeds (either DEVICE): each process draws from a stream of (SEED, rank, data-loader worker id), restarted with the run (also on resume); -1: operating-system entropy (not reproducible).
     d.SEED = -1
     # JPEG implementation: "auto" (Pillow on CPU, tensor codec elsewhere), "tensor", "pillow" or "opencv" (identical bytes).
     d.JPEG_BACKEND = "auto"
@@ -264,7 +270,7 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.RASS.TIMESTEP = 1
     # Latent taken from the VAE posterior: "sample" (as released) or "mean".
     cfg.MODEL.RASS.LATENT = "sample"
-    # Seed of the backbone's own generator for posterior samples (re-seeded at every forward in eval mode).
+    # Seed of the backbone's posterior samples: training mixes in rank and iteration (a resume continues the stream), eval re-seeds from it at every forward.
     cfg.MODEL.RASS.SEED = 0
     # Tapped modules (paths inside the backbone); their outputs are the features indexed by FEATURE_PROJECTION.
     cfg.MODEL.RASS.FEATURE_TAPS = [
@@ -383,13 +389,26 @@ def _add_checkpoint_config(cfg: CN) -> None:
     # Accept a MODEL.WEIGHTS file that leaves trainable parameters unloaded or has other shapes (e.g.
     # fine-tuning with another head / NUM_CLASSES); False: such a file is an error naming the counts.
     cfg.MODEL.WEIGHTS_ALLOW_PARTIAL = False
+    # Let MODEL.WEIGHTS be a URL (detectron2://, catalog://, http(s)://) that detectron2 downloads into its cache;
+    # False: a URL is refused, naming the address to download by hand and the key to set.
+    cfg.MODEL.ALLOW_DOWNLOADS = False
 
 
 def _add_sam_config(cfg: CN) -> None:
     """SAM keys (MODEL.SAM): image encoder variant, checkpoint files, preprocessing (GleSAM, plain SAM)."""
     cfg.MODEL.SAM = CN()
-    # Image-encoder variant: "vit_b", "vit_l" (GleSAM's release), "vit_h" or "tiny" (random, for tests).
+    # Image-encoder variant: "vit_b", "vit_l" (GleSAM's release), "vit_h", "tiny" (random, for tests) or "custom" (the keys below).
     cfg.MODEL.SAM.VARIANT = "vit_l"
+    # VARIANT "custom" only (0 otherwise): ViT width of the image encoder (vit_b 768, vit_l 1024, vit_h 1280).
+    cfg.MODEL.SAM.EMBED_DIM = 0
+    # VARIANT "custom" only (0 otherwise): number of ViT blocks (vit_b 12, vit_l 24, vit_h 32).
+    cfg.MODEL.SAM.DEPTH = 0
+    # VARIANT "custom" only (0 otherwise): attention heads per block; EMBED_DIM must be divisible by it.
+    cfg.MODEL.SAM.NUM_HEADS = 0
+    # VARIANT "custom" only: indexes of the blocks with global attention (vit_b [2, 5, 8, 11]); []: every block windowed.
+    cfg.MODEL.SAM.GLOBAL_ATTN_INDEXES = []
+    # VARIANT "custom" only: attention window of the other blocks; 0 = SAM's 14.
+    cfg.MODEL.SAM.WINDOW_SIZE = 0
     # SAM weights in segment-anything names (sam_vit_*.pth, GleSAM-l.pth, epoch_last.pth, ft-decoder.pth); "": none.
     cfg.MODEL.SAM.CHECKPOINT = ""
     # Full SAM file loaded first when CHECKPOINT holds only the mask decoder (e.g. ft-decoder.pth); "": none.
@@ -404,6 +423,8 @@ def _add_sam_config(cfg: CN) -> None:
     cfg.MODEL.SAM.PIXEL_STD = [58.395, 57.12, 57.375]
     # Threshold on the mask logits that gives the binary mask (SAM: 0.0).
     cfg.MODEL.SAM.MASK_THRESHOLD = 0.0
+    # Add "intermediates" to each output dict (z_L, the enhanced embedding, all decoder logits and IoUs; see PromptableSAM).
+    cfg.MODEL.SAM.RETURN_INTERMEDIATES = False
 
 
 def _add_glesam_config(cfg: CN) -> None:
@@ -435,6 +456,8 @@ def _add_glesam_config(cfg: CN) -> None:
     g.LATENT_CHANNELS = 256
     # dtype of the CRE UNet and its LoRA: "float32" (as released), "float16" or "bfloat16"; x0 is always computed in float64.
     g.DTYPE = "float32"
+    # Merge the UNet's LoRA into its weights whenever no gradient can reach it (inference: same output to ~1e-6, up to ~10% faster UNet on CPU); False runs them apart as released.
+    g.MERGE_LORA = True
     # Training stage: "none" (inference only), "denoise" (stage 1: the CRE UNet's LoRA) or "decoder" (stage 2: SAM's mask decoder).
     g.STAGE = "none"
     # Stage-1 loss: "paper" (MSE(x0, gamma * z_H), z_H = SAM features of the clean image) or "release" (+ DMD2 and GAN terms).

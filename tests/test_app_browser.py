@@ -39,8 +39,11 @@ STEP_TIMEOUT = 120
 
 @pytest.fixture
 def server(tmp_path):
-    """The demo as a user starts it (no config: the quickstart's or the tiny models); yields its URL."""
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp_path / "gradio"), PYTHONUNBUFFERED="1")
+    """The demo as a user starts it (no config: the quickstart's or the tiny models); yields its URL.
+    Afterwards nothing of the session is left: not in its temporary folder, not in gradio's shared cache."""
+    shared_cache, temp = tmp_path / "gradio", tmp_path / "tmp"
+    temp.mkdir()
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(shared_cache), TMPDIR=str(temp), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "demo", "app.py"), "--port", "0"], cwd=str(tmp_path),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, found = [], threading.Event()
@@ -70,6 +73,8 @@ def server(tmp_path):
     assert proc.returncode is not None
     with pytest.raises(OSError):  # nothing serves the page any more
         urllib.request.urlopen(url, timeout=5)
+    assert not [name for name in os.listdir(temp) if name.startswith(("rass_app_", "gradio"))]  # removed at exit
+    assert not shared_cache.exists()  # gradio's cache was the demo's private folder
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_backbone
+from detectron2.utils.events import EventStorage
 
 import rass.modeling.backbone  # noqa: F401  (registers RASS)
 from rass.config import setup_cfg
@@ -179,16 +180,45 @@ def test_prompt_cleaning_and_embedding_cache():
     assert len(cache) == 2
 
 
-def test_posterior_sampling_is_seeded_in_eval_and_varies_in_training():
+def test_posterior_sampling_is_seeded_in_eval_and_per_rank_and_iteration_in_training(monkeypatch):
     bb = tiny_backbone("MODEL.RASS.SLIDING_WINDOW.ENABLED", "False")
-    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    res5 = lambda m: m(x, prompts=[""])["res5"]  # noqa: E731  (res5 comes from the UNet; res2 is a VAE feature)
+    differ = lambda a, b: (a - b).abs().mean() > 1e-3 * b.abs().mean()  # noqa: E731
     with torch.no_grad():
-        bb.train()
-        t1, t2 = bb(x)["res5"], bb(x)["res5"]  # res5 comes from the UNet (res2 is a VAE feature)
         bb.eval()
-        e1, e2 = bb(x)["res5"], bb(x)["res5"]
-    assert not torch.equal(t1, t2)
-    assert torch.equal(e1, e2)
+        e1, e2 = res5(bb), res5(bb)
+        bb.seed = 1
+        e_other = res5(bb)  # another MODEL.RASS.SEED
+        bb.seed, bb.latent = 0, "mean"
+        e_mean = res5(bb)  # no sample drawn: the posterior mean
+        bb.latent = "sample"
+        bb.train()
+        free1, free2 = res5(bb), res5(bb)  # outside a trainer: a new draw per call
+        with EventStorage(0) as storage:
+            per_iter = []
+            for it in range(3):
+                storage.iter = it
+                per_iter.append(res5(bb))
+                bb.eval()
+                torch.testing.assert_close(res5(bb), e1, rtol=0, atol=0)  # eval keeps its own generator
+                bb.train()
+        # a resumed run (a fresh module, the trainer's iteration restored) draws what this one drew
+        resumed = tiny_backbone("MODEL.RASS.SLIDING_WINDOW.ENABLED", "False")
+        resumed.load_state_dict(bb.state_dict())
+        resumed.train()
+        with EventStorage(2):
+            again = res5(resumed)
+            same_iter = res5(resumed)  # a second forward in one iteration: another draw
+            resumed._train_step = None  # as a fresh process of rank 1 at the same iteration
+            monkeypatch.setattr("rass.modeling.backbone.rass_backbone.comm.get_rank", lambda: 1)
+            rank1 = res5(resumed)
+    assert torch.equal(e1, e2) and differ(e_other, e1) and differ(e1, e_mean)
+    assert differ(free1, free2)
+    assert differ(per_iter[1], per_iter[0]) and differ(per_iter[2], per_iter[1])
+    torch.testing.assert_close(again, per_iter[2], rtol=0, atol=0)
+    assert differ(same_iter, again)
+    assert differ(rank1, per_iter[2])  # another rank, another sample
     mean_bb = tiny_backbone("MODEL.RASS.LATENT", "mean")
     assert mean_bb.latent == "mean"
 

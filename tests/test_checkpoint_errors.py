@@ -14,7 +14,7 @@ from rass.checkpoint import CheckpointFileError, CheckpointMismatchError, RASSCh
 from rass.checkpoint.fit import trainable_names
 from rass.config import setup_cfg
 from tests.conftest import REPO
-from tests.test_train_net import CFG, FAST, _run
+from tests.test_train_net import CFG, FAST, _run, assert_user_error
 
 RASS_CFG = os.path.join(REPO, "configs/quickstart/tiny_rass.yaml")
 
@@ -181,8 +181,7 @@ def test_text_file_as_weights_through_train_net(synthetic_env, tmp_path):
     bad = tmp_path / "weights.pth"
     bad.write_text("not weights\n")
     r = _run(["--eval-only", *FAST, "MODEL.WEIGHTS", str(bad), "OUTPUT_DIR", str(tmp_path / "out")], check=False)
-    assert r.returncode != 0
-    assert f"cannot read {bad}: it is a text file" in r.stderr
+    assert assert_user_error(r).startswith(f"error: MODEL.WEIGHTS: cannot read {bad}: it is a text file")
     assert "IndexError" not in r.stderr and "pop from empty list" not in r.stderr
 
 

@@ -1,5 +1,6 @@
 """User errors at the command line: one short message (traceback only in debug mode), output checks
 before the model runs, a short plain-text log, and the project's defaults found from any folder."""
+import functools
 import logging
 import os
 import re
@@ -13,7 +14,7 @@ import yaml
 
 from rass.config import setup_cfg
 from rass.utils import cli
-from rass.utils.errors import UserError
+from rass.utils.errors import UserError, UserFileNotFoundError, UserKeyError, UserOSError, UserValueError
 from tests.conftest import REPO, load_script
 
 TRAIN_NET = os.path.join(REPO, "train_net.py")
@@ -48,18 +49,23 @@ def _raised(fn, *args):
     raise AssertionError("no exception")
 
 
-def test_user_errors_are_recognised_and_bugs_are_not():
+def test_only_the_user_error_type_is_a_user_error():
     from rass.utils.io import atomic_open
 
     err = UserError("bad thing", hint="do this")
     assert cli.as_user_error(err) is err
-    # a ValueError raised by a `raise` of the project's own code: its message is for the user
+    for cls, builtin in ((UserValueError, ValueError), (UserKeyError, KeyError),
+                         (UserFileNotFoundError, FileNotFoundError), (UserOSError, OSError)):
+        e = cls("config file x.yaml: bad", hint="h")
+        assert isinstance(e, builtin) and cli.as_user_error(e) is e  # callers catching the builtin still do
+        assert str(e) == "config file x.yaml: bad\n  hint: h"
+    # a ValueError of an internal check, raised on purpose by the project's own code: a bug
     e = _raised(lambda: atomic_open("x", mode="r").__enter__())
-    assert cli.as_user_error(e).message == "atomic_open: mode must be 'wb' or 'w', got 'r'"
-    # OSError: the user's environment
-    e = _raised(open, "/nonexistent/dir/file.txt")
-    assert "No such file or directory" in cli.as_user_error(e).message
-    # the same types raised by a library or outside the project, and other types, are bugs
+    assert type(e) is ValueError and str(e) == "atomic_open: mode must be 'wb' or 'w', got 'r'"
+    assert cli.as_user_error(e) is None
+    # an OSError that no code turned into a message naming what the user gave: a bug too
+    assert cli.as_user_error(_raised(open, "/nonexistent/dir/file.txt")) is None
+    # library errors and failing operations
     assert cli.as_user_error(_raised(int, "abc")) is None
     assert cli.as_user_error(_raised(lambda: {}["k"])) is None
     assert cli.as_user_error(_raised(lambda: None + 1)) is None
@@ -70,7 +76,7 @@ class _BadLabels(torch.utils.data.Dataset):
         return 2
 
     def __getitem__(self, i):
-        from rass.data.dataset_mappers.io import check_labels
+        from rass.utils.image_io import check_labels
 
         check_labels(np.full((2, 2), 200), 150, 255, f"label_{i}.png")
 
@@ -82,6 +88,44 @@ def test_error_in_a_data_loader_worker_arrives_as_its_message():
     err = cli.as_user_error(e)
     assert err.message.startswith("Label file label_0.png has values [200] outside 0..149 and 255")
     assert "Traceback" not in err.message and "\n" not in err.message
+
+
+class _InternalCheckFails(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        from rass.utils.io import atomic_open
+
+        atomic_open("x", mode="r").__enter__()  # a plain ValueError of a project check: a bug
+
+
+def test_bug_in_a_data_loader_worker_or_another_rank_stays_a_bug(tmp_path):
+    import traceback
+
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    loader = torch.utils.data.DataLoader(_InternalCheckFails(), num_workers=1, batch_size=None)
+    e = _raised(lambda: next(iter(loader)))
+    assert "Original Traceback" in str(e) and "ValueError: atomic_open: mode must be 'wb' or 'w', got 'r'" in str(e)
+    assert cli.as_user_error(e) is None
+
+    def rank_main():
+        raise KeyError("internal: no such stage")
+
+    try:
+        cli.LaunchedMain(rank_main)()
+    except KeyError:  # not turned into a UserError
+        trace = traceback.format_exc()
+    e = ProcessRaisedException("\n\n-- Process 1 terminated with the following error:\n" + trace, 1, 12345)
+    assert cli.as_user_error(e) is None
+    # the final exception's type decides, not the message
+    fake = trace.replace("KeyError: 'internal: no such stage'", "KeyError: 'rass.utils.errors.UserKeyError: x'")
+    assert cli.as_user_error(ProcessRaisedException("terminated with the following error:\n" + fake, 1, 1)) is None
+    user = trace.replace("KeyError: 'internal: no such stage'",
+                         "rass.utils.errors.UserKeyError: MODEL.X: bad\n  hint: h")
+    err = cli.as_user_error(ProcessRaisedException("terminated with the following error:\n" + user, 1, 1))
+    assert (err.message, err.hint) == ("MODEL.X: bad", "h")
 
 
 def test_error_in_another_rank_arrives_as_one_message(tmp_path):
@@ -113,15 +157,22 @@ def test_run_cli_prints_one_message_and_exits_2(capsys, monkeypatch):
     assert ex.value.code == 2
     assert capsys.readouterr().err == "error: config file a.yaml is broken\n  hint: fix it\n"
     # --debug anywhere: taken out of the arguments, the traceback is shown as well
+    monkeypatch.setenv(cli.DEBUG_ENV, "0")  # (so that the teardown removes what run_cli sets)
     with pytest.raises(SystemExit) as ex:
         cli.run_cli(main, ["a.yaml", "--debug"])
     err = capsys.readouterr().err
     assert ex.value.code == 2 and "Traceback (most recent call last)" in err and err.endswith("hint: fix it\n")
-    assert os.environ[cli.DEBUG_ENV] == "1"
-    monkeypatch.delenv(cli.DEBUG_ENV)
-    # bugs keep their traceback; the result of main is the exit status
-    with pytest.raises(TypeError):
-        cli.run_cli(lambda: None + 1, [])
+    assert os.environ.pop(cli.DEBUG_ENV) == "1"
+    # bugs keep their traceback and print nothing else: a ValueError of a project check, an OSError, a
+    # TypeError; the result of main is the exit status
+    from rass.utils.io import atomic_open
+
+    for bug, exc in ((lambda: atomic_open("x", mode="r").__enter__(), ValueError),
+                     (lambda: open(os.path.join(os.sep, "nonexistent", "x")), FileNotFoundError),
+                     (lambda: None + 1, TypeError)):
+        with pytest.raises(exc):
+            cli.run_cli(bug, [])
+        assert capsys.readouterr().err == ""
     with pytest.raises(SystemExit) as ex:
         cli.run_cli(lambda argv: 3, [])
     assert ex.value.code == 3
@@ -165,6 +216,12 @@ def test_config_errors_name_the_file_and_quote_the_value(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"config file {bad} is not valid YAML: ") + ".*line 3, column 1"):
         setup_cfg(bad)
 
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"MODEL:\xff\xfe\n")
+    with pytest.raises(UserValueError) as ex:
+        setup_cfg(str(binary))
+    assert ex.value.message == f"config file {binary} is not UTF-8 text (invalid start byte at byte 6)"
+
     orphan = _write(tmp_path / "orphan.yaml", "_BASE_: missing/base.yaml\n")
     with pytest.raises(FileNotFoundError) as ex:
         setup_cfg(orphan)
@@ -204,6 +261,34 @@ def test_train_net_without_config_or_with_a_broken_one_is_one_message(tmp_path, 
     assert capsys.readouterr().err.splitlines() == [
         f"error: config file {bad} is not valid YAML: expected ',' or ']', but got '<stream end>' at line 3, column 1 "
         "(while parsing a flow sequence at line 2, column 12)"]
+
+
+def test_output_folders_that_cannot_be_made_are_one_message(tmp_path, capsys, monkeypatch):
+    """OUTPUT_DIR and the tools' output arguments below a file: one error naming the argument, not an
+    OSError traceback."""
+    monkeypatch.chdir(tmp_path)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    below = a_file / "out"
+    train_net = _load(TRAIN_NET, "rass_train_net_cli")
+    with pytest.raises(SystemExit) as ex:
+        cli.run_cli(train_net.cli, ["--config-file", FPN, "OUTPUT_DIR", str(below)])
+    assert ex.value.code == 2
+    assert _errors(capsys.readouterr().err) == [
+        f"error: OUTPUT_DIR {below}: {a_file} is a file, so no folder can be made below it",
+        "  hint: give OUTPUT_DIR a folder you can write to"]
+    cases = {
+        "tools/make_synthetic_lqseg.py": ["--out", str(below), "--num-images", "1", "--num-train", "0"],
+        "tools/make_synthetic_ade20k.py": ["--out", str(below), "--num-train", "1", "--num-val", "1", "--no-progress"],
+        "tools/degrade_dataset.py": ["--preset", "rass", "--input", str(tmp_path / "in"), "--output", str(below),
+                                     "--seed", "0", "--no-progress"],
+    }
+    for script, args in cases.items():
+        assert load_script(script, "rass_tool_" + os.path.basename(script)[:-3]).main(args) == 2
+        flag = args[args.index(str(below)) - 1]
+        assert _errors(capsys.readouterr().err) == [
+            f"error: {flag} {below}: {a_file} is a file, so no folder can be made below it",
+            f"  hint: give {flag} a folder you can write to"], script
 
 
 def test_config_error_is_short_and_debug_shows_the_traceback(tmp_path):
@@ -345,11 +430,34 @@ def test_project_defaults_resolve_against_the_repository(tmp_path, monkeypatch):
         REPO, "output", "tiny_rass")
 
 
-def test_unknown_registered_name_or_dataset_is_a_user_error():
-    from detectron2.data import DatasetCatalog
-    from detectron2.modeling import BACKBONE_REGISTRY
+@pytest.mark.parametrize("key,registry", [
+    ("MODEL.META_ARCHITECTURE", "META_ARCH"), ("MODEL.BACKBONE.NAME", "BACKBONE"),
+    ("MODEL.SEM_SEG_HEAD.NAME", "SEM_SEG_HEADS"), ("MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", "PIXEL_DECODER"),
+    ("MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME", "TRANSFORMER_DECODER"), ("MODEL.TAGGER.NAME", "TAGGER"),
+])
+def test_unknown_registered_name_in_the_config_is_a_user_error(key, registry):
+    """The project translates a name the config gives that no registry holds where it looks it up
+    (detectron2's own look-ups are checked before detectron2's build_model runs)."""
+    from rass.engine import Trainer
 
-    err = cli.as_user_error(_raised(BACKBONE_REGISTRY.get, "NoSuchBackbone"))
-    assert err.message.startswith("No object named 'NoSuchBackbone' found in 'BACKBONE' registry!")
-    err = cli.as_user_error(_raised(DatasetCatalog.get, "no_such_dataset"))
-    assert err.message.startswith("Dataset 'no_such_dataset' is not registered!")
+    cfg = setup_cfg(TINY_RASS, [key, "NoSuchThing"])
+    with pytest.raises(UserKeyError) as ex:
+        Trainer.build_model(cfg)
+    prefix = f"{key}: 'NoSuchThing' is not registered in the {registry} registry; registered: "
+    assert ex.value.message.startswith(prefix), ex.value.message
+    in_force = functools.reduce(getattr, key.split("."), setup_cfg(TINY_RASS))
+    assert in_force in ex.value.message[len(prefix):].split(", ")  # the registered names are listed
+
+
+def test_unknown_dataset_in_the_config_is_a_user_error(synthetic_env):
+    from rass.engine import Trainer
+
+    cfg = setup_cfg(FPN, ["DATASETS.TRAIN", "('synthetic_sem_seg_train', 'synthetic_sem_seg_trian')"])
+    with pytest.raises(UserKeyError) as ex:
+        Trainer.build_train_loader(cfg)
+    assert ex.value.message.startswith("DATASETS.TRAIN: dataset 'synthetic_sem_seg_trian' is not registered; did you "
+                                       "mean synthetic_sem_seg_train or ")  # the closest first
+    assert ex.value.hint.startswith("the project's datasets and how to add one are described in datasets/README.md")
+    with pytest.raises(UserKeyError) as ex:
+        Trainer.build_test_loader(cfg, "no_such_set")
+    assert ex.value.message == "DATASETS.TEST: dataset 'no_such_set' is not registered"

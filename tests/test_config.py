@@ -1,6 +1,7 @@
 import pytest
 
 from rass.config import setup_cfg
+from rass.utils.errors import UserKeyError, UserValueError
 
 
 def test_setup_cfg_has_project_keys_and_is_frozen():
@@ -11,22 +12,38 @@ def test_setup_cfg_has_project_keys_and_is_frozen():
 
 
 def test_unknown_override_key_is_named():
-    with pytest.raises(KeyError, match="MODEL.NOT_A_KEY"):
+    with pytest.raises(UserKeyError) as ex:
         setup_cfg(None, ["MODEL.NOT_A_KEY", "1"])
+    assert ex.value.message == ("command-line override: unknown config key MODEL.NOT_A_KEY "
+                                "(not a detectron2/RASS config key)")
 
 
 def test_unknown_key_in_file_names_file_and_key(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("MODEL:\n  BOGUS_KEY: 3\n")
-    with pytest.raises(KeyError, match=r"bad\.yaml.*BOGUS_KEY"):
+    with pytest.raises(UserKeyError) as ex:
         setup_cfg(str(p))
+    assert ex.value.message == f"{p}: unknown config key MODEL.BOGUS_KEY (not a detectron2/RASS config key)"
 
 
-def test_python_tags_are_refused(tmp_path):
-    p = tmp_path / "unsafe.yaml"
-    p.write_text('INPUT:\n  MIN_SIZE_TRAIN: !!python/object/apply:eval ["[1, 2]"]\n')
-    with pytest.raises(Exception):
-        setup_cfg(str(p))
+def test_python_tags_are_refused_naming_the_file_and_no_code_runs(tmp_path):
+    """A config file (or a _BASE_ of it) with a Python tag is refused by the safe loader: the tag's code
+    (here: creating a file) never runs, and the user error names the file, the tag and its line."""
+    marker = tmp_path / "code_ran"
+    unsafe = tmp_path / "unsafe.yaml"
+    unsafe.write_text(f'INPUT:\n  MIN_SIZE_TRAIN: !!python/object/apply:os.system ["touch {marker}"]\n')
+    child = tmp_path / "child.yaml"
+    child.write_text("_BASE_: unsafe.yaml\nSOLVER:\n  MAX_ITER: 5\n")
+    for path in (unsafe, child):
+        with pytest.raises(UserValueError) as ex:
+            setup_cfg(str(path))
+        assert ex.value.message == (f"config file {unsafe}: could not determine a constructor for the tag "
+                                    "'tag:yaml.org,2002:python/object/apply:os.system' at line 2, column 19")
+        assert ex.value.hint == "config files are plain YAML; Python tags (!!python/...) are not allowed"
+        assert not marker.exists()
+    # the same command without the tag is plain data: the file loads (and the marker is still not there)
+    unsafe.write_text("SOLVER:\n  MAX_ITER: 7\n")
+    assert setup_cfg(str(child)).SOLVER.MAX_ITER == 5 and not marker.exists()
 
 
 def test_every_project_key_is_commented():

@@ -74,7 +74,13 @@ def test_degrade_tree_writes_png_copies_labels_and_resumes(tmp_path, capsys):
 
     # other settings into the same folder are refused, with a message naming the setting
     assert tool.main(args[:-3] + ["--seed", "4", "--no-progress"]) == 2
-    assert "seed=3" in capsys.readouterr().err
+    assert "seed=3 (folder) vs 4 (this run)" in capsys.readouterr().err
+    # another preset: one short line naming both presets and the value that differs
+    assert tool.main(["--preset", "lqseg_1", *args[2:]]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {os.path.join(dst, 'degradation.json')} was written with other settings (preset 'lqseg_2', this run "
+        "'lqseg_1'): spec.second_resize_divisor=2.0 (folder) vs 1.0 (this run)",
+        "  hint: use another --output folder or the same settings"]
     # ... and so is a folder written by another version of the engine (its bytes would differ)
     import rass.data.degradation.offline as offline
 
@@ -86,7 +92,8 @@ def test_degrade_tree_writes_png_copies_labels_and_resumes(tmp_path, capsys):
     finally:
         offline.ENGINE_VERSION = old_version
     assert tool.main(["--preset", "rass", "--input", str(tmp_path / "missing"), "--output", dst + "2", "--seed", "0"]) == 2
-    assert "images/validation" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "images/validation" in err and len(err.splitlines()) == 1
 
 
 def test_unreadable_inputs_are_reported_and_the_run_continues(tmp_path, capsys):
@@ -106,8 +113,11 @@ def test_unreadable_inputs_are_reported_and_the_run_continues(tmp_path, capsys):
     assert len(written) == 4 and "ADE_broken.png" not in written
     entries = [json.loads(line) for line in open(os.path.join(dst, "manifest.jsonl"))]
     assert all(60 <= e["params"]["jpeg1"] <= 70 for e in entries)
-    with pytest.raises(SystemExit, match="unknown degradation value"):
-        tool.main(["--preset", "rass", "--input", src, "--output", dst, "--seed", "0", "--set", "nope=1"])
+    assert tool.main(["--preset", "rass", "--input", src, "--output", dst, "--seed", "0", "--set", "nope=1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --set: unknown degradation value 'nope'; valid: ")
+    assert tool.main(["--preset", "rass", "--input", src, "--output", dst, "--seed", "0", "--set", "nope"]) == 2
+    assert capsys.readouterr().err == "error: --set expects NAME=VALUE, got 'nope'\n"
 
 
 def _pairs_of(dst, split):
@@ -234,3 +244,35 @@ def test_usm_matches_basicsr_formula():
     out = usm_sharpen(torch.from_numpy(img).permute(2, 0, 1)).permute(1, 2, 0).numpy()
     assert np.abs(out - ref).max() < 1e-5
     assert np.abs(out - img).max() > 0.05  # it does sharpen
+
+
+def test_a_folder_of_other_settings_is_refused_naming_each_difference(tmp_path):
+    """Key by key (nested settings by dotted name), both values, at most six listed."""
+    from rass.data.degradation import offline
+    from rass.data.degradation.presets import get_spec
+    from rass.utils.errors import UserValueError
+
+    spec = get_spec("lqseg_2").to_dict()
+    info = {"engine": offline.ENGINE_VERSION, "preset": "lqseg_2", "seed": 3, "layout": "ade20k", "spec": spec,
+            "options": {"usm": False, "final_size": None}, "overrides": {}, "format": "png"}
+    offline._check_run_info(str(tmp_path), info)  # writes degradation.json
+    offline._check_run_info(str(tmp_path), dict(info, preset="lqseg_1", overrides={"x": 1}))  # same bytes: accepted
+    path = os.path.join(str(tmp_path), "degradation.json")
+    other = dict(info, spec=dict(spec, jpeg_range=[40, 95], scale=2), options={"usm": True, "final_size": None})
+    with pytest.raises(UserValueError) as e:
+        offline._check_run_info(str(tmp_path), other)
+    assert e.value.message == (
+        f"{path} was written with other settings (preset 'lqseg_2' in both): options.usm=False (folder) vs True "
+        f"(this run), spec.jpeg_range={spec['jpeg_range']!r} (folder) vs [40, 95] (this run), spec.scale=1 (folder) vs "
+        "2 (this run)")
+    many = dict(info, seed=4, layout="image_mask", spec={**spec, **{k: "changed" for k in sorted(spec)[:6]}})
+    with pytest.raises(UserValueError) as e:
+        offline._check_run_info(str(tmp_path), many)
+    assert e.value.message.startswith(f"{path} was written with other settings (preset 'lqseg_2' in both): "
+                                      "layout='ade20k' (folder) vs 'image_mask' (this run), seed=3 (folder) vs 4")
+    assert e.value.message.endswith(" and 2 more") and e.value.message.count("(this run)") == 6
+    assert len(e.value.message) < 600
+    long = dict(info, spec=dict(spec, kernel_list=["iso"] * 30))
+    with pytest.raises(UserValueError) as e:  # long values are cut to 40 characters
+        offline._check_run_info(str(tmp_path), long)
+    assert e.value.message.endswith(" vs ['iso', 'iso', 'iso', 'iso', 'iso', '... (this run)")

@@ -7,9 +7,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from rass.checkpoint import CheckpointFileError
 from rass.modeling.diffusion.lora_files import canonical_lora_key, read_lora_file, write_lora_file
 from rass.modeling.enhancement import (
     add_glesam_lora, build_cre_unet, glesam_lora_state_dict, load_glesam_lora, read_glesam_lora, save_glesam_lora)
+from rass.utils.errors import UserValueError
 from tests.conftest import load_manifest
 
 
@@ -154,8 +156,11 @@ def test_missing_unexpected_rank_and_junk_are_named(saved, tmp_path):
     extra = dict(read_glesam_lora(path), **{"mid_block.foo.lora_A.weight": torch.zeros(8, 4)})
     with pytest.raises(ValueError, match=r"1 unexpected, e.g. \['mid_block.foo.lora_A.weight'\]"):
         load_glesam_lora(fresh, extra)
-    with pytest.raises(ValueError, match="the file has rank 8, the model rank 4: set LORA_RANK 8"):
+    with pytest.raises(ValueError, match="the file has rank 8, the model rank 4: set LORA_RANK 8") as rank_error:
         load_glesam_lora(tiny_lora_unet(0, rank=4), path)
+    # only the rank differs: no hint about the cross-attention dim (the same 32 in file and UNet)
+    assert "attn2.to_k.lora_A: file [8, 32] vs model [4, 32]" in str(rank_error.value)
+    assert "cross-attention" not in str(rank_error.value)
     junk = str(tmp_path / "junk.safetensors")
     save_file({"unet.conv_in.weight": torch.zeros(2)}, junk)
     with pytest.raises(ValueError, match=r"junk\.safetensors: 1 entries are not LoRA matrices.*unet\.conv_in\.weight"):
@@ -163,9 +168,15 @@ def test_missing_unexpected_rank_and_junk_are_named(saved, tmp_path):
     both = {"unet.conv_in.lora_A.weight": torch.zeros(1), "conv_in.lora_A.default.weight": torch.zeros(1)}
     with pytest.raises(ValueError, match="same LoRA tensor .*two key styles"):
         load_glesam_lora(fresh, both)
-    broken = tmp_path / "broken.safetensors"
-    broken.write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match=r"MODEL.GLESAM.LORA_PATH: .*broken\.safetensors' is not a readable LoRA file"):
-        read_glesam_lora(str(broken))
+    for name in ("broken.safetensors", "notes.txt"):  # a text file: safetensors / torch.load path
+        broken = tmp_path / name
+        broken.write_bytes(b"not a safetensors file")
+        with pytest.raises(CheckpointFileError) as e:
+            read_glesam_lora(str(broken))
+        assert str(e.value).startswith(f"MODEL.GLESAM.LORA_PATH: cannot read {broken}: it is a text file (22 bytes, "
+                                       "starts with 'not a safetensors file'); expected a diffusers LoRA file such as "
+                                       "pytorch_lora_weights.safetensors")
+    with pytest.raises(UserValueError, match=f"MODEL.GLESAM.LORA_PATH: {tmp_path} is a folder; expected a weight file"):
+        read_glesam_lora(str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"MODEL.GLESAM.LORA_PATH: .*nope.safetensors' does not exist"):
         read_glesam_lora(str(tmp_path / "nope.safetensors"))

@@ -3,6 +3,7 @@ the CRE UNet's LoRA, stage 2 only SAM's mask decoder without its IoU head, the l
 full-size trainable sets match the published manifests, and a checkpoint resumes at its iteration."""
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -12,7 +13,7 @@ from detectron2.modeling import build_model
 import rass  # noqa: F401  (registers everything)
 from rass.checkpoint.sam_keys import hf_to_original_name
 from rass.config import setup_cfg
-from rass.modeling.meta_arch.glesam_training import stage2_loss
+from rass.modeling.meta_arch.glesam_training import stage1_paper_loss, stage2_loss
 from rass.solver import build_optimizer
 from tests.conftest import REPO, load_manifest
 
@@ -51,6 +52,17 @@ def _changed(before, after):
     return {k for k in before if not torch.equal(before[k], after[k])}
 
 
+def _fixed_stage1_pair(model, trainer):
+    """(z_L, z_H) of the first training batch, degraded once with a fixed seed: one fixed stage-1 problem."""
+    batch = next(iter(trainer.build_train_loader(trainer.cfg)))
+    clean = [x["image"].to(model.device, torch.float32) for x in batch]
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        low = model.degradation(clean)
+        z, _ = model.encode(clean + low)
+    return z[len(clean):], z[:len(clean)]
+
+
 def _history(trainer, key):
     return [v for v, _ in trainer.storage.history(key).values()]
 
@@ -63,11 +75,20 @@ def test_stage1_trains_only_the_lora_and_the_reconstruction_loss_falls(train_env
     assert lora == set(model.trainable_names) and lora
     assert all(".lora_A." in n or ".lora_B." in n for n in lora) and all(n.startswith("enhancer.unet.") for n in lora)
     before = _state(trainer)
+    z_low, z_high = _fixed_stage1_pair(model, trainer)
+    with torch.no_grad():
+        loss_before = stage1_paper_loss(model.enhancer, z_low, z_high)["loss_mse"].item()
     trainer.train()
     changed = _changed(before, _state(trainer))
     assert changed == lora  # every LoRA tensor moved (B starts at 0), nothing else (SAM, base UNet, text embedding)
     losses = _history(trainer, "total_loss")  # = loss_mse (detectron2 logs single terms only as the total)
-    assert len(losses) == 5 and losses[-1] < 0.7 * losses[0], losses
+    assert len(losses) == 5 and all(math.isfinite(v) and v > 0 for v in losses), losses
+    # The tiny SAM now sees its images, so each iteration's loss depends on that iteration's random degradation
+    # (noisy from step to step); the reconstruction loss on one fixed degraded batch must fall.
+    with torch.no_grad():
+        loss_after = stage1_paper_loss(model.enhancer, z_low, z_high)["loss_mse"].item()
+    assert loss_after < loss_before, (loss_before, loss_after)
+    assert losses[0] != losses[1]  # z_L differs with the degradation: the SAM image path is not a constant
 
 
 def test_stage2_trains_the_decoder_but_not_its_iou_head_on_batches_of_two(train_env, tmp_path):

@@ -1,4 +1,4 @@
-"""The one image reader (rass.data.dataset_mappers.io): every bit depth and mode gives the right
+"""The one image reader (rass.utils.image_io): every bit depth and mode gives the right
 8-bit RGB image or a refusal naming the file; label maps are read as their values."""
 import os
 import struct
@@ -13,7 +13,7 @@ from detectron2.data import detection_utils as d2_utils
 from PIL import Image
 
 from rass.data.dataset_mappers import SemanticDatasetMapper
-from rass.data.dataset_mappers.io import (
+from rass.utils.image_io import (
     DataFileError,
     load_label,
     read_image_checked,

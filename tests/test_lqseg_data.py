@@ -10,7 +10,7 @@ from PIL import Image
 
 import rass  # noqa: F401  (registers the datasets)
 from rass.data.dataset_mappers import MAPPERS
-from rass.data.dataset_mappers.io import DataFileError
+from rass.utils.image_io import DataFileError
 from rass.data.dataset_mappers.promptable import PromptableDatasetMapper, read_binary_mask
 from rass.data.datasets.lqseg import load_image_mask_folder, register_image_mask_folder
 

@@ -128,8 +128,11 @@ def test_online_wrapper_seeded_from_config_seed():
             torch.randint(0, 256, (3, 24, 40), generator=g, dtype=torch.uint8).float()]
     a = OnlineDegradation(setup_cfg(None, opts))(imgs)
     b = OnlineDegradation(setup_cfg(None, opts))(imgs)
-    for x, y, img in zip(a, b, imgs):
+    c = OnlineDegradation(setup_cfg(None, opts[:-1] + ["6"]))(imgs)  # another INPUT.DEGRADATION.SEED
+    for x, y, z, img in zip(a, b, c, imgs):
         assert x.shape == img.shape and torch.equal(x, y) and torch.equal(x, x.round())
+        assert (x - img).abs().mean() > 1.0  # degraded, not passed through
+        assert (z - x).abs().mean() > 1.0  # another seed, another degradation
 
 
 # ----------------------------------------------------------------------------- training sets

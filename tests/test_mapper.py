@@ -127,6 +127,38 @@ def test_worker_degradation_changes_image_not_label_and_keeps_clean(synthetic_en
     assert (b["image"][:, 160:] == 128).all() and (b["image"][:, :, 160:] == 128).all()
 
 
+def _worker_deg_mapper(seed):
+    return SemanticDatasetMapper(_cfg("INPUT.DEGRADATION.ENABLED", "True", "INPUT.DEGRADATION.DEVICE", "worker",
+                                      "INPUT.DEGRADATION.SEED", str(seed)), is_train=True)
+
+
+def _map_with_global_seed(mapper, d, global_seed=7):
+    """Map `d` with the global numpy RNG (detectron2's augmentations) at a fixed state; also return
+    the global RNG state afterwards."""
+    np.random.seed(global_seed)
+    out = mapper(d)
+    return out, np.random.get_state()[1].copy()
+
+
+def test_worker_degradation_is_seeded_by_config_seed_not_the_global_rng(synthetic_env):
+    d = DatasetCatalog.get("synthetic_sem_seg_train")[2]
+    clean, state_plain = _map_with_global_seed(SemanticDatasetMapper(_cfg(), is_train=True), d)
+    a, state_deg = _map_with_global_seed(_worker_deg_mapper(5), d)
+    b, _ = _map_with_global_seed(_worker_deg_mapper(5), d, global_seed=7)
+    other, _ = _map_with_global_seed(_worker_deg_mapper(6), d)
+    # the degradation draws nothing from the global RNG: its state after mapping is the plain mapper's
+    np.testing.assert_array_equal(state_deg, state_plain)
+    torch.testing.assert_close(a["sem_seg"], clean["sem_seg"], rtol=0, atol=0)  # same crop
+    assert torch.equal(a["image"], b["image"])  # same INPUT.DEGRADATION.SEED -> same image
+    assert (a["image"].float() - clean["image"].float()).abs().mean() > 1.0  # it is degraded
+    assert (other["image"].float() - a["image"].float()).abs().mean() > 1.0  # another seed -> another image
+    # the global RNG's state does not change the degraded image beyond the crop it chooses: the
+    # same mapper called again draws the next seed of its own stream
+    again, _ = _map_with_global_seed(a_mapper := _worker_deg_mapper(5), d)
+    assert torch.equal(again["image"], a["image"])
+    assert not torch.equal(_map_with_global_seed(a_mapper, d)[0]["image"], a["image"])
+
+
 def test_no_mapper_padding_when_the_model_degrades(synthetic_env):
     cfg = _cfg("INPUT.SIZE_DIVISIBILITY", "192", "INPUT.DEGRADATION.ENABLED", "True", "INPUT.DEGRADATION.DEVICE", "model")
     out = SemanticDatasetMapper(cfg, is_train=True)(DatasetCatalog.get("synthetic_sem_seg_train")[0])

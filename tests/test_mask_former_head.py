@@ -57,10 +57,10 @@ def test_released_state_dict_loads_strictly(manifest):
 
 def test_registries_name_unknown_components():
     cfg = setup_cfg(R50, ["MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", "NoSuchDecoder"])
-    with pytest.raises(KeyError, match="PIXEL_DECODER_NAME='NoSuchDecoder'.*MSDeformAttnPixelDecoder"):
+    with pytest.raises(KeyError, match="PIXEL_DECODER_NAME: 'NoSuchDecoder' is not registered.*MSDeformAttnPixel"):
         build_pixel_decoder(cfg, RASS_SHAPES)
     cfg = setup_cfg(R50, ["MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME", "Nope"])
-    with pytest.raises(KeyError, match="TRANSFORMER_DECODER_NAME='Nope'.*MultiScaleMaskedTransformerDecoder"):
+    with pytest.raises(KeyError, match="TRANSFORMER_DECODER_NAME: 'Nope' is not registered.*MultiScaleMasked"):
         build_transformer_decoder(cfg, 256)
     cfg = setup_cfg(R50, ["MODEL.SEM_SEG_HEAD.IN_FEATURES", "['res2', 'res3', 'res4', 'p6']"])
     with pytest.raises(ValueError, match=r"IN_FEATURES \['p6'\]"):

@@ -120,11 +120,31 @@ def test_user_prompts_outside_the_image_are_refused_by_name():
     from rass.data.prompts import check_prompts
 
     check_prompts((40, 60), np.array([[0, 0], [60, 40]]), np.array([1, 0]), np.array([[0, 0, 60, 40]]))
-    with pytest.raises(ValueError, match=r"points.json: point 1 \(61, 5\) lies outside the 60x40"):
+    with pytest.raises(ValueError, match=r"points.json: point 1 \(61, 5\) is outside the image of 40x60 \(HxW\)"):
         check_prompts((40, 60), np.array([[1, 1], [61, 5]]), source="points.json")
-    with pytest.raises(ValueError, match="box 0"):
+    with pytest.raises(ValueError, match=r"box 0 \(10, 10, 5, 20\) is inverted \(x1 > x2\)"):
         check_prompts((40, 60), boxes=np.array([[10, 10, 5, 20]]))
     with pytest.raises(ValueError, match="labels must be 1"):
         check_prompts((40, 60), np.array([[1, 1]]), np.array([2]))
     with pytest.raises(ValueError, match="1 points but 2 labels"):
         check_prompts((40, 60), np.array([[1, 1]]), np.array([1, 1]))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"point_coords": [[float("nan"), 5]]}, r"clicks.json: point 0 \(nan, 5\) is not a pair of finite numbers"),
+    ({"point_coords": [[1, 1], [2, float("-inf")]]}, r"point 1 \(2, -inf\) is not a pair of finite numbers"),
+    ({"point_coords": [[1, 2, 3]]}, r"points must be rows of 2 numbers, got shape \(1, 3\)"),
+    ({"point_coords": [["a", 2]]}, r"points must be numbers"),
+    ({"boxes": [[10, 30, 50, 20]]}, r"box 0 \(10, 30, 50, 20\) is inverted \(y1 > y2\); expected x1, y1 \(top left\), "
+                                    r"x2, y2 \(bottom right\) with x1 < x2 and y1 < y2"),
+    ({"boxes": [[0, 0, 60, 40], [10, 20, 50, 20]]}, r"box 1 \(10, 20, 50, 20\) has zero area \(y1 = y2\)"),
+    ({"boxes": [[10, float("nan"), 50, 20]]}, r"box 0 \(10, nan, 50, 20\) is not 4 finite numbers"),
+    ({"boxes": [[10, 10, 61, 20]]}, r"box 0 \(10, 10, 61, 20\) is not inside the image of 40x60 \(HxW\); "
+                                    r"expected 0 <= x1 < x2 <= 60, 0 <= y1 < y2 <= 40"),
+])
+def test_user_prompts_that_are_not_numbers_inverted_or_empty_are_refused(kwargs, message):
+    from rass.data.prompts import check_prompts
+    from rass.utils.errors import UserValueError
+
+    with pytest.raises(UserValueError, match=message):
+        check_prompts((40, 60), source="clicks.json", **kwargs)

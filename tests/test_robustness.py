@@ -22,6 +22,21 @@ def _tool():
     return load_script("tools/eval_robustness.py", "eval_robustness")
 
 
+@pytest.fixture(autouse=True)
+def _own_log_handlers():
+    """The tool's `setup_logger` adds handlers on the test's captured stdout; drop them after the
+    test so that a later test's stderr holds no "Logging error" from a closed capture."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("rass", "detectron2")]
+    before = [list(lg.handlers) for lg in loggers]
+    yield
+    for lg, keep in zip(loggers, before):
+        for h in [h for h in lg.handlers if h not in keep]:
+            lg.removeHandler(h)
+            h.close()
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """A checkpoint of the tiny Semantic FPN with seeded random weights (the test is about the
@@ -140,7 +155,7 @@ def test_levels_are_degraded_once_reused_and_reported(synthetic_env, weights, tm
 
 
 def test_a_failing_level_is_named(synthetic_env, weights, tmp_path, capsys, monkeypatch):
-    import rass.evaluation.robustness as rob
+    import rass.engine.robustness as rob
 
     tool, cache = _tool(), tmp_path / "cache"
     # unknown preset: refused before anything is written
@@ -152,20 +167,31 @@ def test_a_failing_level_is_named(synthetic_env, weights, tmp_path, capsys, monk
     # an unregistered pre-built set
     rc = tool.main(_args(weights, tmp_path / "out", cache, "--datasets", "no_such_sem_seg_val"))
     assert rc == 2 and "no_such_sem_seg_val" in capsys.readouterr().err
-    # a level whose evaluation fails
+    # a level whose evaluation fails on the user's input (e.g. a broken file in it): named, exit 2
+    from rass.utils.errors import UserValueError
+
     real_test = rob.Trainer.test
+    failure = UserValueError("simulated failure", hint="simulated hint")
 
     def failing_test(cfg, model, evaluators=None):
         if cfg.DATASETS.TEST[0].endswith("__lqseg_2"):
-            raise RuntimeError("simulated failure")
+            raise failure
         return real_test(cfg, model, evaluators)
 
     monkeypatch.setattr(rob.Trainer, "test", failing_test)
     rc = tool.main(_args(weights, tmp_path / "out", cache, "--dataset", "synthetic_sem_seg_val",
                          "--levels", "clean,lqseg_2"))
     err = capsys.readouterr().err
-    assert rc == 2 and "Level 'lqseg_2'" in err and "simulated failure" in err
+    assert rc == 2 and err.splitlines() == [
+        "error: Level 'lqseg_2' (dataset 'synthetic_sem_seg_val__lqseg_2') failed to evaluate: simulated failure",
+        "  hint: simulated hint"]
     assert not (tmp_path / "out" / "robustness.json").exists()
+    assert "synthetic_sem_seg_val__lqseg_2" not in DatasetCatalog.list()
+    # a bug there is not turned into a user error: it propagates (a traceback, exit 1)
+    failure = RuntimeError("simulated bug")
+    with pytest.raises(RuntimeError, match="^simulated bug$"):
+        tool.main(_args(weights, tmp_path / "out", cache, "--dataset", "synthetic_sem_seg_val",
+                        "--levels", "clean,lqseg_2"))
     assert "synthetic_sem_seg_val__lqseg_2" not in DatasetCatalog.list()
 
     # a cached copy made from other data than the dataset now holds is refused, by folder

@@ -84,7 +84,7 @@ def test_sam_vs_glesam_on_prebuilt_sets_and_on_copies(lqseg_root, weights, tmp_p
 
 def test_compare_sam_needs_a_glesam_model(lqseg_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RASS_LQSEG_SYNTHETIC_ROOT", str(lqseg_root))
-    from rass.evaluation.robustness import RobustnessError, plain_sam_of
+    from rass.engine.robustness import RobustnessError, plain_sam_of
     from rass.engine import Trainer
 
     sam_only = Trainer.build_model(setup_cfg(os.path.join(REPO, "configs", "lqseg", "tiny_sam.yaml")))

@@ -31,12 +31,16 @@ def test_sam_config_facts(variant):
     d = cfg.mask_decoder_config
     assert (d.hidden_size, d.num_hidden_layers, d.num_attention_heads, d.mlp_dim, d.attention_downsample_rate) == \
         (256, 2, 8, 2048, 2)
+    # segment-anything: TwoWayTransformer's nn.LayerNorm (1e-5); mask_downscaling's LayerNorm2d (1e-6)
+    assert d.layer_norm_eps == 1e-5 and cfg.prompt_encoder_config.layer_norm_eps == 1e-6
 
 
 def test_sam_config_errors():
-    with pytest.raises(ValueError, match=r"MODEL.SAM.VARIANT.*'vit_x'.*vit_b"):
+    from rass.utils.errors import UserValueError
+
+    with pytest.raises(UserValueError, match=r"MODEL.SAM.VARIANT.*'vit_x'.*vit_b"):
         sam_config("vit_x")
-    with pytest.raises(ValueError, match=r"IMAGE_SIZE.*1000.*16"):
+    with pytest.raises(UserValueError, match=r"IMAGE_SIZE.*1000.*16"):
         sam_config("vit_b", 1000)
 
 
@@ -218,12 +222,8 @@ def test_coords_and_boxes_scaled_like_sam():
     boxes = torch.tensor([[[10.0, 20.0, 110.0, 220.0]]])
     torch.testing.assert_close(t.apply_boxes(boxes, (300, 200)),
                                torch.tensor([[[10 * 3.415, 20 * 1024 / 300, 110 * 3.415, 220 * 1024 / 300]]]))
-    inside = t.apply_coords(torch.tensor([[200.0, 300.0]]), (300, 200), check_inside=True)  # the far corner is inside
-    torch.testing.assert_close(inside, torch.tensor([[683.0, 1024.0]]))
-    with pytest.raises(ValueError, match=r"point \(x, y\) = \(350, 20\) is outside the image of 300x200 \(HxW\)"):
-        t.apply_coords(torch.tensor([[10.0, 10.0], [350.0, 20.0]]), (300, 200), check_inside=True)
-    with pytest.raises(ValueError, match=r"\(-1, 5\) is outside"):
-        t.apply_boxes(torch.tensor([[-1.0, 5.0, 20.0, 30.0]]), (300, 200), check_inside=True)
+    corner = t.apply_coords(torch.tensor([[200.0, 300.0]]), (300, 200))  # the far corner maps to the valid region's
+    torch.testing.assert_close(corner, torch.tensor([[683.0, 1024.0]]))
     with pytest.raises(ValueError, match=r"\[\.\.\., 2\]"):
         t.apply_coords(torch.zeros(3, 3), (300, 200))
     with pytest.raises(ValueError, match=r"RGB image \[3, H, W\].*\(1, 300, 200\)"):
@@ -279,8 +279,8 @@ def test_image_to_mask_pipeline_on_tiny(tiny):
     image = (torch.rand(3, 300, 200, generator=g) * 255).to(torch.uint8)
     pixels, resized_hw = t(image)
     assert resized_hw == (256, 171)  # 200 * 256 / 300 = 170.67 -> 171
-    points = t.apply_coords(torch.tensor([[[[50.0, 80.0], [120.0, 200.0]]]]), (300, 200), check_inside=True)
-    box = t.apply_boxes(torch.tensor([[[20.0, 30.0, 180.0, 290.0]]]), (300, 200), check_inside=True)
+    points = t.apply_coords(torch.tensor([[[[50.0, 80.0], [120.0, 200.0]]]]), (300, 200))
+    box = t.apply_boxes(torch.tensor([[[20.0, 30.0, 180.0, 290.0]]]), (300, 200))
     with torch.no_grad():
         emb = sam_image_embeddings(tiny, pixels)
         logits, iou = sam_predict(tiny, emb, points, torch.ones(1, 1, 2, dtype=torch.long), box)

@@ -185,7 +185,36 @@ def test_official_key_set_fits_and_wrong_variant_is_named(tmp_path):
     msg = str(e.value)
     assert "sam_vit_b_01ec64.pth" in msg
     assert "image_encoder.pos_embed (vision_encoder.pos_embed): file [1, 64, 64, 768] vs model [1, 64, 64, 1024]" in msg
-    assert "looks like vit_b (embed dim 768, 12 blocks)" in msg and "model is vit_l (embed dim 1024, 24 blocks)" in msg
+    assert "looks like vit_b (embed dim 768, 12 blocks, 12 heads, global blocks [2, 5, 8, 11], window 14, image size " \
+           "1024), the model is vit_l (embed dim 1024, 24 blocks, 16 heads, global blocks [5, 11, 17, 23], window 14, " \
+           "image size 1024)" in msg
+    assert e.value.hint == "set MODEL.SAM.VARIANT 'vit_b'"
+
+
+def test_another_image_size_is_named_as_such(tmp_path):
+    """The same variant at another input side: the message names both sizes and MODEL.SAM.IMAGE_SIZE, not the variant."""
+    vit_b = _fake_official("vit_b", tmp_path / "sam_vit_b_01ec64.pth")
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_sam_checkpoint(build_sam("vit_b", image_size=512, device="meta"), vit_b)
+    msg = str(e.value)
+    assert "9 tensors do not fit" in msg  # pos_embed + the 4 global blocks' two relative position tables
+    assert "image_encoder.pos_embed (vision_encoder.pos_embed): file [1, 64, 64, 768] vs model [1, 32, 32, 768]" in msg
+    assert "the image size differs: the file is for 1024-px inputs (its pos_embed is a 64x64 grid of 16-px patches), " \
+           "the model for 512-px ones (the encoder is the same otherwise: vit_b)" in msg
+    assert e.value.hint == "set MODEL.SAM.IMAGE_SIZE 1024" and "VARIANT" not in msg
+
+
+def test_custom_shaped_file_names_the_custom_keys(tmp_path):
+    from rass.modeling.sam import sam_variant
+
+    custom = build_sam(sam_variant("custom", 48, 3, 3, [2], 5), image_size=192, device="meta")
+    shapes = {k: torch.zeros(1).expand(*v.shape) for k, v in custom.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_sam_checkpoint(build_sam("tiny", device="meta"), shapes)
+    assert "the file looks like a custom SAM (embed dim 48, 3 blocks, 3 heads, global blocks [2], window 5, image size " \
+           "192), the model is tiny (" in str(e.value)
+    assert e.value.hint == ("set MODEL.SAM.VARIANT 'custom' with MODEL.SAM.EMBED_DIM 48, DEPTH 3, NUM_HEADS 3, "
+                            "GLOBAL_ATTN_INDEXES [2], WINDOW_SIZE 5 and MODEL.SAM.IMAGE_SIZE 192")
 
 
 def test_broken_files_are_named(saved, tmp_path):

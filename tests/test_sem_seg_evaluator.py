@@ -289,3 +289,136 @@ def test_evaluation_log_is_short_and_has_the_tables(synthetic_env, tmp_path):
     saved = json.load(open(tmp_path / "eval_results.json"))["synthetic_sem_seg_val"]["sem_seg"]
     assert sum(k.startswith("IoU-") for k in saved) == len(names) == sum(k.startswith("ACC-") for k in saved)
     assert sorted(k for k in saved if k.startswith("BoundaryIoU-")) == sorted(f"BoundaryIoU-{n}" for n in present)
+
+
+# --- the evaluator's fast paths against straightforward references -------------------------------
+from tests import sem_seg_cases  # noqa: E402
+
+
+def _reference_boundary_counts(gt, pred, num_classes, ignore, dilation_ratio=0.02):
+    """Per class, literally: the bands of ``gt == c`` and ``pred == c`` (`_reference_band`),
+    counted on the pixels whose ground truth is a class."""
+    d = boundary_width(*gt.shape, dilation_ratio=dilation_ratio)
+    valid = (gt != ignore) & (gt >= 0) & (gt < num_classes)
+    out = np.zeros((3, num_classes), np.int64)
+    for c in range(num_classes):
+        band_gt = _reference_band(gt == c, d) & valid
+        band_pred = _reference_band(pred == c, d) & valid
+        out[:, c] = (band_gt & band_pred).sum(), band_gt.sum(), band_pred.sum()
+    return out
+
+
+@pytest.mark.parametrize("index", range(len(sem_seg_cases.SHAPES)))
+@pytest.mark.parametrize("ratio", [0.02, 0.05])
+def test_boundary_counts_equal_the_per_class_reference(index, ratio):
+    _, gt, scores = sem_seg_cases.cases()[index]
+    pred = scores.argmax(0).numpy()
+    k = sem_seg_cases.NUM_CLASSES
+    fast = np.stack(boundary_counts(gt, pred, k, IGNORE, dilation_ratio=ratio))
+    np.testing.assert_array_equal(fast, _reference_boundary_counts(gt, pred, k, IGNORE, ratio))
+    # the same counts whatever integer type holds the labels (uint8 / uint16 / float32 morphology)
+    np.testing.assert_array_equal(np.stack(boundary_counts(gt + 300, pred + 300, k + 300, IGNORE + 300, ratio))[:, 300:],
+                                  fast)
+    np.testing.assert_array_equal(np.stack(boundary_counts(gt + 70_000, pred + 70_000, k + 70_000, IGNORE + 70_000,
+                                                           ratio))[:, 70_000:], fast)
+
+
+def test_argmax_labels_is_torch_argmax_with_ties_and_infinities():
+    from rass.evaluation import argmax_labels
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (9, 40, 50), generator=g).float()  # ties everywhere
+    scores[4, :5] = float("inf")
+    scores[:, 5:10] = float("-inf")  # every class -inf: class 0
+    scores[7, 10:12] = float("inf")
+    got = argmax_labels(scores)
+    assert got.dtype == np.int64 and got.shape == (40, 50)
+    np.testing.assert_array_equal(got, scores.argmax(0).numpy())
+    assert (got[5:10] == 0).all() and (got[:5] == 4).all() and (got[10:12] == 7).all()
+    scores[2, 20, 20] = float("nan")  # torch's rule for NaN (the NaN's class) is kept
+    np.testing.assert_array_equal(argmax_labels(scores), scores.argmax(0).numpy())
+    assert argmax_labels(scores)[20, 20] == 2
+    many = torch.randint(0, 4, (300, 6, 7), generator=g).double()  # more classes than uint8 holds, float64
+    many[299, 0, 0] = 9
+    np.testing.assert_array_equal(argmax_labels(many), many.argmax(0).numpy())
+    assert argmax_labels(many)[0, 0] == 299
+    for strided in (scores.permute(1, 2, 0).contiguous().permute(2, 0, 1), scores.transpose(1, 2)):  # any layout
+        assert not strided.is_contiguous()
+        np.testing.assert_array_equal(argmax_labels(strided), strided.argmax(0).numpy())
+    half = scores[:, :4].half()  # a type numpy's path does not take: torch's argmax
+    np.testing.assert_array_equal(argmax_labels(half), half.argmax(0).numpy())
+
+
+def test_label_rles_equal_pycocotools_per_class():
+    import pycocotools.mask as mask_util
+
+    from rass.evaluation.rle import label_rles
+
+    maps = [gt for _, gt, _ in sem_seg_cases.cases()] + [np.full((4, 6), 3), np.arange(12).reshape(3, 4)]
+    for label in maps:
+        classes, rles = label_rles(label)
+        np.testing.assert_array_equal(classes, np.unique(label))
+        for c, rle in zip(classes, rles):
+            assert rle == mask_util.encode(np.asfortranarray((label == c).astype(np.uint8)[:, :, None]))[0]
+
+
+@pytest.fixture
+def generated_dataset(tmp_path):
+    name = f"test_sem_seg_cases_{uuid.uuid4().hex[:8]}"
+    sem_seg_cases.register(name, sem_seg_cases.write_labels(str(tmp_path)))
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def test_evaluator_equals_detectron2_and_the_boundary_reference(generated_dataset, tmp_path):
+    """Region metrics, confusion matrix and sem_seg_predictions.json as detectron2's own
+    SemSegEvaluator computes them; boundary counts as the per-class reference."""
+    from detectron2.evaluation import SemSegEvaluator
+
+    ours = CheckedSemSegEvaluator(generated_dataset, distributed=False, output_dir=str(tmp_path / "ours"))
+    ref = SemSegEvaluator(generated_dataset, distributed=False, output_dir=str(tmp_path / "d2"),
+                          sem_seg_loading_fn=lambda path, dtype: np.array(Image.open(path), dtype=dtype))  # numpy 2
+    ref._compute_boundary_iou = False  # its own label-map boundary IoU is another metric
+    k = sem_seg_cases.NUM_CLASSES
+    expect = np.zeros((3, k), np.int64)
+    for ev in (ours, ref):
+        ev.reset()
+    for name, gt, scores in sem_seg_cases.cases():
+        for ev in (ours, ref):
+            ev.process([{"file_name": name}], [{"sem_seg": scores}])
+        expect += _reference_boundary_counts(gt, scores.argmax(0).numpy(), k, IGNORE)
+    np.testing.assert_array_equal(ours._conf_matrix, ref._conf_matrix)
+    np.testing.assert_array_equal(np.stack([ours._b_inter, ours._b_gt, ours._b_pred]), expect)
+    res, res_ref = ours.evaluate()["sem_seg"], ref.evaluate()["sem_seg"]
+    common = [key for key in res_ref if key in res]
+    assert len(common) == 4 + 2 * k
+    assert [res[key] for key in common] == [res_ref[key] for key in common]  # exactly (no NaN here)
+    union = expect[1] + expect[2] - expect[0]
+    assert [res[f"BoundaryIoU-{c}"] for c in sem_seg_cases.CLASSES] == list(100 * (expect[0] / union))
+    assert (tmp_path / "ours" / "sem_seg_predictions.json").read_bytes() == \
+        (tmp_path / "d2" / "sem_seg_predictions.json").read_bytes()
+
+
+def test_evaluator_refuses_bad_labels_sizes_and_class_counts_by_name(two_image_dataset):
+    from rass.utils.errors import UserError
+
+    name, records, preds = two_image_dataset
+    ev = CheckedSemSegEvaluator(name, distributed=False)
+    ev.reset()
+    first = {"file_name": records[0]["file_name"]}
+    with pytest.raises(UserError) as e:  # a prediction of another size than the annotation
+        ev.process([first], [{"sem_seg": _one_hot_scores(preds[0][:, :-1], 3)}])
+    assert e.value.message == (f"Annotation {records[0]['sem_seg_file_name']} has size 80x60 (WxH) but image "
+                               "img_0.jpg gives a prediction of size 79x60 (WxH, the image's size)")
+    with pytest.raises(UserError, match=r"^The model gives 4 class scores for img_0\.jpg but test_boundary_\w+ "
+                                        r"has 3 classes\n  hint: MODEL\.SEM_SEG_HEAD\.NUM_CLASSES must match"):
+        ev.process([first], [{"sem_seg": _one_hot_scores(preds[0], 4)}])
+    bad = preds[0].copy()
+    bad[0, :3] = [7, 9, 7]
+    Image.fromarray(bad.astype(np.uint8)).save(records[0]["sem_seg_file_name"])
+    with pytest.raises(UserError) as e:  # a label value that is no class and not the ignore label
+        ev.process([first], [{"sem_seg": _one_hot_scores(preds[0], 3)}])
+    assert e.value.message.startswith(f"Label file {records[0]['sem_seg_file_name']} has values [7, 9] outside 0..2 "
+                                      "and 255")
+    assert not ev._conf_matrix.any() and not ev._b_gt.any()  # nothing was counted

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from rass.checkpoint import CheckpointFileError
 from rass.config import setup_cfg
 from rass.modeling.tagging import build_tagger, write_tiny_tagger_files
 from rass.modeling.tagging.loading import (
@@ -17,6 +18,7 @@ from rass.modeling.tagging.loading import (
     read_thresholds,
 )
 from rass.modeling.tagging.lora import is_lora_key, lora_state_dict
+from rass.utils.errors import UserValueError
 
 from test_tagging_model import _one_thread, randomize, tiny_ram  # noqa: F401 (fixture)
 
@@ -106,8 +108,13 @@ def test_missing_misshapen_unexpected_are_named(trained_ram, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         load_ram_weights(tiny_ram(), str(tmp_path / "nowhere.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="junk.pth"):
-        read_checkpoint(str(tmp_path / "junk.pth"))
+    with pytest.raises(CheckpointFileError) as e:
+        read_checkpoint(str(tmp_path / "junk.pth"), "MODEL.TAGGER.RAM.WEIGHTS")
+    assert str(e.value).startswith(f"MODEL.TAGGER.RAM.WEIGHTS: cannot read {tmp_path / 'junk.pth'}: it is a text file "
+                                   "(16 bytes, starts with 'not a checkpoint'); expected a state dict saved with "
+                                   "torch.save (.pth)")
+    with pytest.raises(UserValueError, match=f"MODEL.TAGGER.RAM.WEIGHTS: {tmp_path} is a folder; expected a weight"):
+        read_checkpoint(str(tmp_path), "MODEL.TAGGER.RAM.WEIGHTS")
 
 
 def _save(obj, path):

@@ -17,13 +17,27 @@ FAST = ["DATALOADER.NUM_WORKERS", "0", "INPUT.CROP.SIZE", "(128, 128)", "INPUT.M
         "INPUT.MIN_SIZE_TEST", "128"]
 
 
-def _run(args, timeout=600, check=True):
+def _run(args, timeout=600, check=True, script=TRAIN_NET):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    r = subprocess.run([sys.executable, TRAIN_NET, "--config-file", CFG, *args], capture_output=True, text=True,
+    env.pop("RASS_DEBUG", None)
+    r = subprocess.run([sys.executable, script, "--config-file", CFG, *args], capture_output=True, text=True,
                        timeout=timeout, env=env, cwd=REPO)
     if check and r.returncode != 0:
         raise AssertionError(f"train_net failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
     return r
+
+
+def assert_user_error(r: subprocess.CompletedProcess) -> str:
+    """What the README promises for a problem with the input: exit status 2, no traceback, and stderr
+    ends with exactly one ``error:`` line (plus an optional ``  hint:`` line). Returns the error line."""
+    assert r.returncode == 2, (r.returncode, r.stderr[-5000:])
+    assert "Traceback" not in r.stderr, r.stderr[-5000:]
+    lines = r.stderr.rstrip("\n").splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    assert len(errors) == 1, r.stderr[-5000:]
+    tail = lines[errors[0] + 1:]
+    assert tail == [] or (len(tail) == 1 and tail[0].startswith("  hint: ")), r.stderr[-5000:]
+    return lines[errors[0]]
 
 
 def test_training_loss_goes_down_and_eval_only_reproduces(synthetic_env, tmp_path):
@@ -89,10 +103,39 @@ def test_killed_run_resumes_from_last_checkpoint(synthetic_env, tmp_path):
 def test_missing_weights_file_is_named(synthetic_env, tmp_path):
     missing = tmp_path / "nope" / "model.pth"
     r = _run(["--eval-only", "MODEL.WEIGHTS", str(missing), "OUTPUT_DIR", str(tmp_path)], check=False)
-    assert r.returncode != 0
-    assert "MODEL.WEIGHTS" in r.stderr and str(missing) in r.stderr
+    line = assert_user_error(r)
+    assert line.startswith("error: MODEL.WEIGHTS: ") and str(missing) in line, line
 
 
 def test_unknown_config_key_is_named(tmp_path):
     r = _run(["MODEL.NOT_A_REAL_KEY", "3", "OUTPUT_DIR", str(tmp_path)], check=False)
-    assert r.returncode != 0 and "MODEL.NOT_A_REAL_KEY" in r.stderr
+    assert assert_user_error(r) == ("error: command-line override: unknown config key MODEL.NOT_A_REAL_KEY "
+                                    "(not a detectron2/RASS config key)")
+
+
+@pytest.mark.parametrize("bug", ["ValueError", "OSError"])
+def test_an_internal_error_is_a_bug_with_its_traceback(tmp_path, bug):
+    """An error that no code raised as a user error exits with status 1 and its traceback, even a
+    ValueError raised on purpose by a project check, or an OSError: it is not an input mistake."""
+    script = tmp_path / "train_net_with_a_bug.py"
+    script.write_text(
+        "import runpy, sys\n"
+        "from rass.engine import Trainer\n"
+        "from rass.utils.io import atomic_open\n"
+        "BUG = sys.argv[-1]\n"
+        "def broken(cfg):\n"
+        "    if BUG == 'ValueError':\n"
+        "        atomic_open('x', mode='r').__enter__()  # a plain ValueError of a project check\n"
+        "    open('/nonexistent/rass/state.bin')  # an OSError nobody turned into a message\n"
+        "Trainer.build_model = staticmethod(broken)\n"
+        f"sys.argv = [{TRAIN_NET!r}] + sys.argv[1:-1]\n"
+        f"runpy.run_path({TRAIN_NET!r}, run_name='__main__')\n")
+    r = _run(["--eval-only", "OUTPUT_DIR", str(tmp_path / "out"), bug], check=False, script=str(script))
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback (most recent call last)" in r.stderr
+    assert not [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    last = r.stderr.rstrip().splitlines()[-1]
+    if bug == "ValueError":
+        assert last == "ValueError: atomic_open: mode must be 'wb' or 'w', got 'r'"
+    else:
+        assert last == "FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/rass/state.bin'"

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
+from rass.engine.model_build import DEFAULT_INIT_SEED, add_init_seed_argument, seeded_init
 from rass.utils.io import write_text_atomic
 from rass.utils.model_summary import count_parameters  # noqa: F401  (also used by tests)
 
@@ -65,8 +66,9 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
-def build_model_for_analysis(cfg, meta: bool = False) -> nn.Module:
-    """Build the model as training does (the project's Trainer when available), random init."""
+def build_model_for_analysis(cfg, meta: bool = False, seed: int = DEFAULT_INIT_SEED) -> nn.Module:
+    """Build the model as training does (the project's Trainer when available), random init from `seed`
+    (see `rass.engine.model_build.seeded_init`)."""
     try:
         from rass.engine import Trainer
 
@@ -80,7 +82,8 @@ def build_model_for_analysis(cfg, meta: bool = False) -> nn.Module:
         cfg.freeze()
         with torch.device("meta"):
             return build(cfg)
-    return build(cfg)
+    with seeded_init(seed):
+        return build(cfg)
 
 
 # The RASS paper's counts (rass_method.md): one tagger counted, the release's LoRA-variant RAM.
@@ -204,13 +207,14 @@ def main(argv: Sequence[str] = None) -> Dict[str, Any]:
     p.add_argument("--no-flops", action="store_true", help="count parameters only")
     p.add_argument("--meta", action="store_true", help="build on the meta device (parameter counts only)")
     p.add_argument("--json", default="", help="also write the numbers to this JSON file")
+    add_init_seed_argument(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
 
     from rass.config import setup_cfg
 
     cfg = setup_cfg(args.config_file, args.opts)
-    model = build_model_for_analysis(cfg, meta=args.meta)
+    model = build_model_for_analysis(cfg, meta=args.meta, seed=args.init_seed)
     rows = analysis_rows(model, args.depth)
     total, trainable = count_parameters(model, [n for n, _ in model.named_children()])
     flops: Dict[str, int] = {}

@@ -36,17 +36,20 @@ from tqdm import tqdm
 
 from rass.data.degradation.offline import LAYOUTS, degrade_tree
 from rass.data.degradation.presets import PRESETS, spec_field_names
+from rass.utils.cli import report_user_error
+from rass.utils.errors import UserError, UserKeyError, UserValueError
+from rass.utils.outputs import make_output_folder
 
 
 def _parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"--set expects NAME=VALUE, got {item!r}")
+            raise UserValueError(f"--set expects NAME=VALUE, got {item!r}")
         name, raw = item.split("=", 1)
         name = name.strip().lower()
         if name not in spec_field_names():
-            raise SystemExit(f"--set: unknown degradation value {name!r}; valid: {', '.join(spec_field_names())}")
+            raise UserKeyError(f"--set: unknown degradation value {name!r}; valid: {', '.join(spec_field_names())}")
         try:
             out[name] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -92,6 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("--splits applies to the ade20k layout only (image_mask reads --image-dir and --mask-dir)")
     try:
         overrides = _parse_overrides(a.overrides)
+        make_output_folder(a.output, "--output")
         report = degrade_tree(
             a.input,
             a.output,
@@ -109,9 +113,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             usm=a.usm,
             final_size=a.final_size,
         )
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report_user_error(e)
     print(f"degraded {report.written} images, skipped {report.skipped} already done, "
           f"copied {report.annotations} annotations -> {a.output}")
     if report.failures:
@@ -128,4 +131,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rass.utils.cli import run_cli
+
+    run_cli(main)

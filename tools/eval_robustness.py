@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import List, Optional
 
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
+
+from rass.engine.model_build import add_init_seed_argument, seeded_init
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -53,6 +54,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--cache-dir", help="folder of the degraded copies (default: $DETECTRON2_DATASETS/robustness_cache)")
     p.add_argument("--output", help="output folder (default: <OUTPUT_DIR of the config>/robustness)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while degrading")
+    add_init_seed_argument(p)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides (last option)")
     a = p.parse_args(argv)
     if a.dataset is None and not a.datasets:
@@ -62,19 +64,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     from rass.config import setup_cfg
     from rass.data.datasets.sem_seg import datasets_root
     from rass.engine import Trainer
-    from rass.evaluation.robustness import RobustnessError, evaluate_robustness, plain_sam_of
+    from rass.engine.robustness import evaluate_robustness, plain_sam_of
+    from rass.utils.cli import report_user_error
+    from rass.utils.errors import UserError
+    from rass.utils.outputs import make_output_folder
 
     try:
         cfg = setup_cfg(a.config_file, list(a.opts) + (["MODEL.WEIGHTS", a.weights] if a.weights else []))
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report_user_error(e)
     output = a.output or os.path.join(cfg.OUTPUT_DIR, "robustness")
     cache_dir = a.cache_dir or os.path.join(datasets_root(), "robustness_cache")
+    try:
+        make_output_folder(output, "--output")
+    except UserError as e:
+        return report_user_error(e)
     setup_logger(output=output, name="rass")
     setup_logger(output=output, name="detectron2", abbrev_name="d2")
     try:
-        model = Trainer.build_model(cfg)
+        with seeded_init(a.init_seed):  # parts without weights (e.g. a tiny random SAM) are seeded
+            model = Trainer.build_model(cfg)
         if a.weights:
             RASSCheckpointer(cfg, model, save_dir=output).load(a.weights)
         compare = {"SAM": plain_sam_of(model)} if a.compare_sam else None
@@ -84,9 +93,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             progress=None if a.no_progress else (lambda total: tqdm(total=total, unit="img", desc="degrade")),
             compare=compare, model_name="GleSAM" if a.compare_sam else "model",
         )
-    except (RobustnessError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:  # a RobustnessError names the level or dataset
+        return report_user_error(e)
     from rass.evaluation.robustness_report import format_markdown
 
     print(format_markdown(report))

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import List, Optional
 
 import torch
+
+from rass.engine.model_build import add_init_seed_argument, build_model_noting_random_weights, seeded_init
+from rass.utils.cli import report_user_error
+from rass.utils.errors import UserError, UserValueError
 
 
 def export_glesam(model: torch.nn.Module, out_dir: str) -> dict:
@@ -44,33 +47,52 @@ def export_glesam(model: torch.nn.Module, out_dir: str) -> dict:
     return info
 
 
+def check_output_folder(path: str, key: str = "--out") -> None:
+    """Check that `path` is a folder or can be created as one (no file in the way).
+
+    Args:
+        path: the output folder.
+        key: the argument that gave it, for the message.
+
+    Raises:
+        UserValueError: `path` or one of its parents is a file.
+    """
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        where = "is a file" if probe == os.path.abspath(path) else f"is below {probe}, which is a file"
+        raise UserValueError(f"{key}: {path} {where}; expected an output folder (existing or new)",
+                             hint="choose another --out")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, help="the config the model was trained with")
     p.add_argument("--weights", required=True, help="the project checkpoint (.pth) to export")
     p.add_argument("--out", required=True, help="output folder")
+    add_init_seed_argument(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     a = p.parse_args(argv)
-    from detectron2.modeling import build_model
-
     import rass  # noqa: F401  (registers the models)
     from rass.checkpoint import RASSCheckpointer
+    from rass.checkpoint.files import check_weight_path
     from rass.config import setup_cfg
 
-    if not os.path.isfile(a.weights):
-        print(f"error: --weights: checkpoint file not found: {a.weights}", file=sys.stderr)
-        return 2
     try:
-        cfg = setup_cfg(a.config_file, list(a.opts) + ["MODEL.DEVICE", "cpu"])
+        check_weight_path(a.weights, "--weights")
+        check_output_folder(a.out, "--out")  # before the (slow) model build
+        # MODEL.WEIGHTS: the "random weights" warnings wait for the checkpoint (dropped when it sets those parts)
+        cfg = setup_cfg(a.config_file, list(a.opts) + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", a.weights])
         if cfg.MODEL.META_ARCHITECTURE != "PromptableSAM":
-            raise ValueError(f"{a.config_file}: MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}; "
-                             "only GleSAM / SAM models (PromptableSAM) export to these formats")
-        model = build_model(cfg)
+            raise UserValueError(f"{a.config_file}: MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}; "
+                                 "only GleSAM / SAM models (PromptableSAM) export to these formats")
+        with seeded_init(a.init_seed):  # what the checkpoint does not set is the same run after run
+            model, _ = build_model_noting_random_weights(cfg)
         RASSCheckpointer(model).load(a.weights)
         info = export_glesam(model, a.out)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report_user_error(e)
     if info["lora"]:
         print(f"wrote {info['lora']} ({info['lora_bytes']} bytes)")
     print(f"wrote {info['sam']} ({info['sam_keys']} tensors, segment-anything names)")
@@ -78,4 +100,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rass.utils.cli import run_cli
+
+    run_cli(main)

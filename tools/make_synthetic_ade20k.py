@@ -11,10 +11,12 @@ missing); one made with other settings is refused unless --overwrite is given, w
 generated files and writes the dataset again. OUT/synthetic_ade20k.json records the settings.
 """
 import argparse
-import sys
 from typing import List, Optional
 
-from rass.data.synthetic import SyntheticFolderError, count_images, make_synthetic_ade20k
+from rass.data.synthetic import count_images, make_synthetic_ade20k
+from rass.utils.cli import report_user_error
+from rass.utils.errors import UserError
+from rass.utils.outputs import make_output_folder
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -30,11 +32,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="disable the progress bars")
     a = p.parse_args(argv)
     try:
+        make_output_folder(a.out, "--out")
         n = make_synthetic_ade20k(a.out, a.seed, a.num_train, a.num_val, a.min_size, a.max_size,
                                   progress=not a.no_progress, overwrite=a.overwrite)
-    except (SyntheticFolderError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:  # e.g. a SyntheticFolderError: a folder of other data
+        return report_user_error(e)
     have = count_images(a.out)
     if n["train"] or n["val"]:
         print(f"wrote {n['train']} training and {n['val']} validation images under {a.out} (seed {a.seed}; "
@@ -49,4 +51,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rass.utils.cli import run_cli
+
+    run_cli(main)

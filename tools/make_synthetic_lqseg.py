@@ -12,10 +12,12 @@ is refused (exit status 2); the same settings complete an interrupted run.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import List, Optional
 
 from rass.data.synthetic_masks import make_synthetic_lqseg
+from rass.utils.cli import report_user_error
+from rass.utils.errors import UserError
+from rass.utils.outputs import make_output_folder
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -31,11 +33,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--final-size", type=int, default=None, help="fixed NxN LQ images (GleSAM's released sets: 512); default: original size")
     a = p.parse_args(argv)
     try:
+        make_output_folder(a.out, "--out")
         n = make_synthetic_lqseg(a.out, a.seed, a.num_images, a.levels, a.min_size, a.max_size, a.usm, a.final_size,
                                  num_train=a.num_train)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report_user_error(e)
     levels = ", ".join(f"LQ-{k[2:]}: {v}" for k, v in n.items() if k.startswith("lq"))
     print(f"wrote {n['clean']} clean test images (+ masks), degraded copies ({levels}) and "
           f"{n.get('train', 0)} training pairs under {a.out}")
@@ -43,4 +45,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rass.utils.cli import run_cli
+
+    run_cli(main)

@@ -21,6 +21,8 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
+from rass.engine.model_build import add_init_seed_argument, seeded_init
+from rass.utils.errors import UserError
 from rass.utils.inputs import collect_image_paths
 
 
@@ -38,13 +40,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
     p.add_argument("--scores", action="store_true", help="print each tag's probability")
+    add_init_seed_argument(p)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return p.parse_args(argv)
 
 
 def read_rgb(path: str) -> torch.Tensor:
     """Image file -> float [3, H, W] in [0, 1] (read as everywhere in the project: any bit depth, upright)."""
-    from rass.data.dataset_mappers.io import read_image_checked
+    from rass.utils.image_io import read_image_checked
 
     arr = read_image_checked(path, "RGB").astype(np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
@@ -73,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rass.modeling.tagging import build_tagger
 
     cfg = setup_cfg(args.config_file or None, build_opts(args))
-    tagger = build_tagger(cfg).to(torch.device(args.device)).eval()
+    with seeded_init(args.init_seed):  # a tagger without weights files is random: the same one every run
+        tagger = build_tagger(cfg)
+    tagger = tagger.to(torch.device(args.device)).eval()
     files, problems = collect_image_paths(args.images)
     failed = [spec for spec, _ in problems]
     for spec, reason in problems:
@@ -84,9 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 batch.append(tagger.resize(read_rgb(path)[None])[0])  # common size before stacking
                 names.append(path)
-            except Exception as e:  # noqa: BLE001 - reported per file, the run goes on
+            except UserError as e:  # a missing or damaged file: reported, the run goes on (a bug propagates)
                 failed.append(path)
-                print(f"cannot read {path}: {e}", file=sys.stderr)
+                print(f"cannot read {path}: {e.message}", file=sys.stderr)
         if not batch:
             continue
         images = torch.stack(batch)

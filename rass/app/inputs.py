@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import threading
 from typing import Callable, Dict, List, Optional
@@ -12,7 +11,8 @@ import torch
 from PIL import Image
 
 from rass.app.models import AppError
-from rass.data.dataset_mappers.io import read_image_checked
+from rass.app.workdir import remove_oldest
+from rass.utils.image_io import read_image_checked
 from rass.data.degradation import build_degradation
 from rass.utils.io import save_image_atomic
 
@@ -123,9 +123,7 @@ class Downloads:
         with self._lock:
             self._runs += 1
             folder = tempfile.mkdtemp(prefix=f"run{self._runs:07d}-", dir=self.root)  # names sort by age
-            runs = sorted(os.path.join(self.root, d) for d in os.listdir(self.root))
-            for old in runs[:-self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+            remove_oldest(self.root, self.keep)
         paths = []
         for key, image in images.items():
             if image.dtype == bool:

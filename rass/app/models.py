@@ -12,9 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
-import torch
-
 from rass.config import setup_cfg
+from rass.engine.model_build import DEFAULT_INIT_SEED, seeded_init
 from rass.utils.cli import as_user_error
 from rass.utils.errors import UserError
 from rass.utils.paths import project_path
@@ -118,11 +117,11 @@ class Loaded:
     error: Optional[str] = None
 
 
-def load_backend(choice: ModelChoice, build: Callable[[object], object], seed: int = 0) -> Loaded:
+def load_backend(choice: ModelChoice, build: Callable[[object], object], seed: int = DEFAULT_INIT_SEED) -> Loaded:
     """Build a tab's back end; a user error (config, weights) becomes the tab's message.
 
-    Parts without weights are initialised from `seed` (in a forked RNG: the process's global RNG is
-    left as it was), so the random-weight demo gives the same masks every time it is started.
+    Parts without weights are initialised from `seed` (`seeded_init`: the process's global RNGs are
+    left as they were), so the random-weight demo gives the same masks every time it is started.
 
     Args:
         choice: the model choice.
@@ -131,9 +130,7 @@ def load_backend(choice: ModelChoice, build: Callable[[object], object], seed: i
     """
     try:
         cfg = setup_cfg(choice.config_file, choice.opts)
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with seeded_init(seed):
             return Loaded(choice, backend=build(cfg))
     except Exception as e:  # noqa: BLE001 - the page shows it; the other tab keeps working
         msg = user_message(e)

@@ -3,18 +3,24 @@
 Every action returns ``{component name: value}``; `_bind` turns that into gradio outputs (components
 it does not name are left as they are) and turns any exception into a message in the action's
 status box, so a bad upload or a missing model never shows a traceback and the server keeps serving.
-Element ids (``elem_id``) are the component names, which the browser test relies on.
+Values that gradio itself cannot take (sent to the page's API: a seed that is not a number, a
+degradation that is not offered, a malformed file or click) never reach an action: `DemoBlocks`
+turns them into an error message on the page and one WARNING line in the server log instead of
+gradio's traceback. Element ids (``elem_id``) are the component names, which the browser test relies on.
 """
 import logging
+import math
 import os
-from typing import Callable, Dict, List, Sequence
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home; the machine may be offline
 
 import gradio as gr  # noqa: E402
+from gradio.exceptions import ComponentProcessingError  # noqa: E402
 
 from rass.app.inputs import DEGRADATIONS  # noqa: E402
-from rass.app.models import user_message  # noqa: E402
+from rass.app.models import AppError, user_message  # noqa: E402
 from rass.app.sam_tab import CLICK_MODES  # noqa: E402
 from rass.app.session import DemoApp, error_markdown  # noqa: E402
 
@@ -42,11 +48,93 @@ def _failure(exc: BaseException) -> str:
     return error_markdown(message)
 
 
+# The longest invalid-input message (a request may carry a huge value).
+MAX_MESSAGE = 300
+
+
+def invalid_input_message(fn_name: str, exc: BaseException, components: Sequence = (), values: Sequence = (),
+                          event: bool = False) -> str:
+    """One line saying why gradio could not take a request's values (whitespace collapsed, shortened).
+
+    Args:
+        fn_name: the action's name.
+        exc: what gradio raised.
+        components: the action's input components.
+        values: the values the request sent for them.
+        event: the event data (e.g. a click's position) was the problem, not an input value.
+    """
+    reason = exc.message if isinstance(exc, gr.Error) else str(exc)
+    where = re.search(r"input component at index (\d+)", reason) if isinstance(exc, ComponentProcessingError) else None
+    if where and int(where.group(1)) < min(len(components), len(values)):
+        i = int(where.group(1))
+        name = getattr(components[i], "label", None) or getattr(components[i], "elem_id", None) or f"input {i}"
+        expected = re.search(r"Expected (.+?), but", reason)
+        cause = exc.__cause__ or exc
+        why = f"expected {expected.group(1)}" if expected else f"{type(cause).__name__}: {cause}"
+        reason = f"{name}: {values[i]!r:.80} is not a valid value ({why})"
+    if event:
+        reason = f"the event data is missing or malformed ({type(exc).__name__}: {reason})"
+    reason = " ".join(reason.split()) or type(exc).__name__
+    if len(reason) > MAX_MESSAGE:
+        reason = reason[:MAX_MESSAGE - 3] + "..."
+    return f"invalid request to {fn_name}: {reason}"
+
+
+class DemoBlocks(gr.Blocks):
+    """`gr.Blocks` whose requests with values gradio cannot take (its input processing and event data
+    fail before an action runs) become a `gr.Error` message on the page and one WARNING line in the
+    log, not a traceback. The actions themselves never raise (see `_bind`)."""
+
+    def _invalid(self, block_fn, exc: BaseException, values: Sequence = (), event: bool = False) -> gr.Error:
+        block_fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
+        message = invalid_input_message(getattr(block_fn, "name", None) or "the page", exc,
+                                        getattr(block_fn, "inputs", ()), values, event=event)
+        logger.warning(message)
+        return gr.Error(message, print_exception=False)
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call: bool = False):  # noqa: D102
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except Exception as e:  # noqa: BLE001 - the request's values; reported on the page
+            raise self._invalid(block_fn, e, inputs) from None
+
+    async def call_function(self, block_fn, processed_input, *args, **kwargs):  # noqa: D102
+        try:
+            return await super().call_function(block_fn, processed_input, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - the actions catch their own errors: this is the event data
+            raise self._invalid(block_fn, e, event=True) from None
+
+
+def click_position(index: object) -> Tuple[float, float]:
+    """The (x, y) pixel of a click on the SAM image (gradio's `SelectData.index`), checked."""
+    try:
+        x, y = (float(v) for v in index)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise AppError(f"a click needs the pixel [x, y], got {index!r:.80}") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise AppError(f"a click needs a finite pixel [x, y], got [{x}, {y}]")
+    return x, y
+
+
 def _bind(components: Dict[str, gr.components.Component], outputs: Sequence[str], status: str,
-          action: Callable[..., Dict]) -> Callable:
+          action: Callable[..., Dict], before: Optional[Callable[[], object]] = None) -> Callable:
     """A gradio handler: `action(*inputs)` -> {name: value} in the order of `outputs`; an exception
-    becomes an error message in `status` (which must be among `outputs`)."""
+    becomes an error message in `status` (which must be among `outputs`).
+
+    Args:
+        components: the page's components.
+        outputs: the names of the handler's outputs.
+        status: the output that shows errors.
+        action: the action.
+        before: called first on every request (e.g. pruning gradio's file cache); its errors are logged
+            in one line.
+    """
     def handler(*args):
+        if before is not None:
+            try:
+                before()
+            except Exception as e:  # noqa: BLE001 - housekeeping must not stop the action
+                logger.warning(f"before {getattr(action, '__name__', 'action')}: {type(e).__name__}: {e}")
         try:
             values = action(*args)
         except Exception as e:  # noqa: BLE001 - shown on the page
@@ -56,15 +144,17 @@ def _bind(components: Dict[str, gr.components.Component], outputs: Sequence[str]
     return handler
 
 
-def build_page(app: DemoApp, examples: List[str]) -> gr.Blocks:
+def build_page(app: DemoApp, examples: List[str], before: Optional[Callable[[], object]] = None) -> gr.Blocks:
     """The demo page.
 
     Args:
         app: the actions and back ends.
         examples: paths of the bundled example images.
+        before: called at the start of every request (the demo prunes gradio's file cache with it).
     """
     c: Dict[str, gr.components.Component] = {}
-    with gr.Blocks(title="RASS demo", analytics_enabled=False) as page:
+    bind = lambda outputs, status, action: _bind(c, outputs, status, action, before)  # noqa: E731
+    with DemoBlocks(title="RASS demo", analytics_enabled=False) as page:
         state = gr.State(None)
         c["state"] = state
         gr.Markdown(INTRO)
@@ -124,24 +214,28 @@ def build_page(app: DemoApp, examples: List[str]) -> gr.Blocks:
                      "rass_clean", "rass_degraded", "rass_legend", "rass_info", "rass_files",
                      "sam_SAM", "sam_GleSAM", "sam_metrics", "sam_files"]
         outs = lambda names: [c[n] for n in names]  # noqa: E731
-        c["upload"].change(_bind(c, image_out, "status", app.load), [c["upload"], c["degradation"], c["seed"]],
+        c["upload"].change(bind(image_out, "status", app.load), [c["upload"], c["degradation"], c["seed"]],
                            outs(image_out))
         for trigger in (c["degradation"].change, c["seed"].change):
-            trigger(_bind(c, image_out, "status", app.degrade), [state, c["degradation"], c["seed"]], outs(image_out))
+            trigger(bind(image_out, "status", app.degrade), [state, c["degradation"], c["seed"]], outs(image_out))
 
         rass_out = ["rass_clean", "rass_degraded", "rass_legend", "rass_info", "rass_files", "rass_status"]
-        c["run_rass"].click(_bind(c, rass_out, "rass_status", app.run_rass), [state], outs(rass_out))
+        c["run_rass"].click(bind(rass_out, "rass_status", app.run_rass), [state], outs(rass_out))
 
         sam_out = ["state", "sam_canvas", "sam_prompts", "sam_SAM", "sam_GleSAM", "sam_metrics", "sam_files",
                    "sam_status"]
-        click = _bind(c, sam_out, "sam_status", app.click)
+
+        def click_at(state_value, index, mode, auto):
+            x, y = click_position(index)
+            return app.click(state_value, x, y, mode, auto)
+
+        click = bind(sam_out, "sam_status", click_at)
 
         def on_click(state_value, mode, auto, evt: gr.SelectData):
-            x, y = evt.index
-            return click(state_value, x, y, mode, auto)
+            return click(state_value, evt.index, mode, auto)
 
         c["sam_canvas"].select(on_click, [state, c["click_mode"], c["auto_segment"]], outs(sam_out))
-        c["segment"].click(_bind(c, sam_out, "sam_status", app.segment), [state], outs(sam_out))
-        c["clear_prompts"].click(_bind(c, sam_out, "sam_status", app.clear_prompts), [state], outs(sam_out))
+        c["segment"].click(bind(sam_out, "sam_status", app.segment), [state], outs(sam_out))
+        c["clear_prompts"].click(bind(sam_out, "sam_status", app.clear_prompts), [state], outs(sam_out))
     page.components = c  # for tests
     return page

@@ -15,10 +15,12 @@ from typing import Any, Callable, List, Optional
 
 import torch
 
-from rass.utils.errors import UserError
+from rass.utils.errors import UserError, UserFileNotFoundError, UserValueError
+
+from .safe_pickle import UnsafePickleError
 
 __all__ = [
-    "CheckpointFileError", "EXPECTED_FORMATS", "describe_unreadable", "read_checkpoint_file",
+    "CheckpointFileError", "EXPECTED_FORMATS", "check_weight_path", "describe_unreadable", "read_checkpoint_file",
     "stray_temp_files", "remove_stray_temp_files",
 ]
 
@@ -76,10 +78,10 @@ def describe_unreadable(path: str, error: Optional[BaseException] = None) -> str
         if not zipfile.is_zipfile(path):
             return (f"a truncated torch zip archive ({size} bytes, no zip central directory: "
                     "the save was probably interrupted or the download is incomplete)")
-        return _REFUSED if _refused(error) else f"a damaged torch zip archive ({size} bytes): {_short(error)}"
+        return _refused(error) or f"a damaged torch zip archive ({size} bytes): {_short(error)}"
     if head[:1] == b"\x80":  # pickle protocol 2+: a legacy torch file or a .pkl
         if _refused(error):
-            return _REFUSED
+            return _refused(error)
         return f"a damaged or truncated pickle ({size} bytes): {_short(error)}"
     if _looks_like_text(head):
         first = head.decode("utf-8").strip().splitlines()[0][:60] if head.strip() else ""
@@ -92,8 +94,16 @@ _REFUSED = ("a checkpoint holding pickled objects other than tensors and plain c
             "torch.save({'model': obj['model']}, new_path))")
 
 
-def _refused(error: Optional[BaseException]) -> bool:
-    return error is not None and "Unsupported global" in str(error)
+# torch's messages: "Unsupported global: GLOBAL os.system ..." / "unsupported GLOBAL posix.system whose module ..."
+_UNSUPPORTED = re.compile(r"unsupported global:?\s*(?:GLOBAL\s+)?(?P<name>[\w.]+)", re.I)
+
+
+def _refused(error: Optional[BaseException]) -> str:
+    """The description of a file safe loading refused (naming the global it asked for), else ""."""
+    m = _UNSUPPORTED.search(str(error)) if error is not None else None
+    if m is None:
+        return ""
+    return _REFUSED.replace("refuses (", f"refuses (it asks for {m.group('name')}; ", 1)
 
 
 def _short(error: Optional[BaseException]) -> str:
@@ -103,34 +113,65 @@ def _short(error: Optional[BaseException]) -> str:
     return text[:160]
 
 
-def read_checkpoint_file(path: str, key: str = "checkpoint", loader: Optional[Callable[[str], Any]] = None) -> Any:
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".pkl", ".pyth", ".bin", ".safetensors", ".ckpt")
+
+
+def check_weight_path(path: str, key: str = "checkpoint", expected: str = EXPECTED_FORMATS) -> None:
+    """Check that `path` names an existing weight file (not a folder).
+
+    Args:
+        path: the value the user gave.
+        key: the config key / argument that gave it, for the message.
+        expected: what the file should be, for the message.
+
+    Raises:
+        UserFileNotFoundError: nothing is at `path`.
+        UserValueError: `path` is a folder (the hint names the weight files in it, if any).
+    """
+    if os.path.isdir(path):
+        inside = sorted(n for n in os.listdir(path) if n.endswith(_WEIGHT_SUFFIXES))
+        preferred = [n for n in ("model_final.pth", "pytorch_lora_weights.safetensors") if n in inside]
+        example = os.path.join(path, (preferred or inside or ["<file>"])[-1])
+        raise UserValueError(
+            f"{key}: {path} is a folder; expected a weight file ({expected})",
+            hint=(f"it holds {', '.join(inside[:6])}{' ...' if len(inside) > 6 else ''}: e.g. {key} {example}"
+                  if inside else "name the checkpoint file itself (e.g. <run folder>/model_final.pth)"))
+    if not os.path.isfile(path):
+        raise UserFileNotFoundError(f"{key}: checkpoint file not found: {path}")
+
+
+def read_checkpoint_file(path: str, key: str = "checkpoint", loader: Optional[Callable[[str], Any]] = None,
+                         expected: str = EXPECTED_FORMATS) -> Any:
     """Load a weight file, turning any read failure into one `CheckpointFileError` naming the file.
 
     Args:
         path: a local file.
         key: the config key / argument that gave the path (e.g. "MODEL.WEIGHTS"), for the message.
         loader: reads the file (default: `torch.load(path, map_location="cpu", weights_only=True)`).
+        expected: what the file should be, for the messages.
 
     Returns:
         What the loader returned.
 
     Raises:
-        FileNotFoundError: the file does not exist (named).
+        UserFileNotFoundError: the file does not exist (named); UserValueError: it is a folder.
+        UnsafePickleError: a pickle names a class a weight file does not need (see `safe_pickle`).
         CheckpointFileError: it exists but cannot be read.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{key}: checkpoint file not found: {path}")
+    check_weight_path(path, key, expected)
     if loader is None:
         def loader(p: str) -> Any:
             return torch.load(p, map_location="cpu", weights_only=True)
     try:
         return loader(path)
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{key}: {e.message}", hint=e.hint, global_name=e.global_name) from None
     except (KeyboardInterrupt, MemoryError, FileNotFoundError, PermissionError, IsADirectoryError, UserError):
         raise
     except Exception as e:  # noqa: BLE001 - any decoding failure becomes one message naming the file
         what = describe_unreadable(path, e)
         raise CheckpointFileError(
-            f"{key}: cannot read {path}: it is {what}; expected {EXPECTED_FORMATS}",
+            f"{key}: cannot read {path}: it is {what}; expected {expected}",
             hint="re-save or re-download the file" if os.path.getsize(path) else "the file is empty",
             description=f"it is {what}",
         ) from e

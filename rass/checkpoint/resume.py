@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional
 import torch
 from detectron2.solver import LRMultiplier
 
+from rass.utils.errors import UserValueError
+
 __all__ = ["snapshot_hyperparameters", "apply_config_hyperparameters"]
 
 _LR_KEYS = ("lr", "initial_lr")
@@ -64,8 +66,8 @@ def apply_config_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: An
     """
     groups, fresh_base = snapshot["groups"], snapshot["base_lrs"]
     if len(groups) != len(optimizer.param_groups):
-        raise ValueError(f"resume: the checkpoint's optimizer has {len(optimizer.param_groups)} param groups, "
-                         f"the config's {len(groups)}")
+        raise UserValueError(f"resume: the checkpoint's optimizer has {len(optimizer.param_groups)} param groups, "
+                             f"the config's {len(groups)}")
     old_base = list(getattr(scheduler, "base_lrs", None) or [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups])
     changed = set()
     for group, fresh, new_b, old_b in zip(optimizer.param_groups, groups, fresh_base, old_base):

@@ -9,7 +9,9 @@ Accepted files (by path, `torch.load(weights_only=True)`, or `.safetensors`):
 - files already in `SamModel` names (e.g. written by `SamModel.state_dict()`).
 
 Rules: a tensor whose shape differs from the model's is always an error (it names tensors with both
-shapes and the variant the file looks like); with `strict=True` missing and unexpected tensors are
+shapes, and the encoder the file's shapes imply: only another image size -> "set MODEL.SAM.IMAGE_SIZE",
+another named variant -> "set MODEL.SAM.VARIANT", any other shape -> the "custom" keys to set); with
+`strict=True` missing and unexpected tensors are
 errors too; with `strict=False` they are listed in the report and the model keeps its values.
 `save_sam_original` writes the model back in original names (the official key set).
 """
@@ -151,22 +153,91 @@ def _block_count(names, prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def _variant_hint(state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]) -> str:
+_SHAPE_KEYS = ("embed_dim", "depth", "num_heads", "global_attn_indexes", "window_size")
+
+
+def _file_encoder_shape(sd: Mapping[str, torch.Tensor]) -> Dict[str, object]:
+    """The image-encoder hyper-parameters a state dict (SamModel names) implies, as far as its shapes tell:
+    embed_dim, depth, patch, image_size (pos_embed grid x patch), num_heads (from the relative position
+    tables' head dim), global_attn_indexes and window_size (from their lengths, 2 * side - 1). {} if no encoder."""
+    proj = sd.get("vision_encoder.patch_embed.projection.weight")
+    if proj is None or proj.dim() != 4:
+        return {}
+    dim, patch = int(proj.shape[0]), int(proj.shape[-1])
+    depth = _block_count(sd, "vision_encoder.layers.")
+    shape: Dict[str, object] = {"embed_dim": dim, "depth": depth, "patch": patch}
+    pos = sd.get("vision_encoder.pos_embed")
+    grid = int(pos.shape[1]) if pos is not None and pos.dim() == 4 else None
+    if grid is not None:
+        shape["image_size"] = grid * patch
+    rel = [sd.get(f"vision_encoder.layers.{i}.attn.rel_pos_h") for i in range(depth)]
+    if rel and all(r is not None and r.dim() == 2 and r.shape[1] > 0 for r in rel):
+        shape["num_heads"] = dim // int(rel[0].shape[1])
+        if grid is not None:
+            glob = tuple(i for i, r in enumerate(rel) if int(r.shape[0]) == 2 * grid - 1)
+            windows = {(int(r.shape[0]) + 1) // 2 for i, r in enumerate(rel) if i not in glob}
+            if len(windows) == 1:  # (no windowed block left: window = grid, global blocks not told apart)
+                shape["global_attn_indexes"], shape["window_size"] = glob, windows.pop()
+    return shape
+
+
+def _model_encoder_shape(model: nn.Module) -> Dict[str, object]:
+    v = model.config.vision_config
+    return {"embed_dim": int(v.hidden_size), "depth": int(v.num_hidden_layers), "patch": int(v.patch_size),
+            "image_size": int(v.image_size), "num_heads": int(v.num_attention_heads),
+            "global_attn_indexes": tuple(int(i) for i in v.global_attn_indexes), "window_size": int(v.window_size)}
+
+
+def _variant_name(shape: Mapping[str, object]) -> Optional[str]:
+    """The name of the SAM_VARIANTS entry whose encoder fits `shape` (fields it does not tell are not compared)."""
     from rass.modeling.sam.build import SAM_VARIANTS
 
-    key = "vision_encoder.patch_embed.projection.weight"
+    def same(v, k) -> bool:
+        value = getattr(v, k)
+        return tuple(value) == tuple(shape[k]) if k == "global_attn_indexes" else value == shape[k]
 
-    def guess(sd) -> Optional[str]:
-        if key not in sd:
-            return None
-        dim, depth = int(sd[key].shape[0]), _block_count(sd, "vision_encoder.layers.")
-        names = [n for n, v in SAM_VARIANTS.items() if v.embed_dim == dim and v.depth == depth]
-        return f"{names[0] if names else 'an unknown variant'} (embed dim {dim}, {depth} blocks)"
+    names = [n for n, v in SAM_VARIANTS.items() if all(same(v, k) for k in _SHAPE_KEYS if k in shape)]
+    return names[0] if names else None
 
-    got, want = guess(state), guess(model_state)
-    if got is None:
-        return ""
-    return f"; the file looks like {got}, the model is {want}: set MODEL.SAM.VARIANT to match the file"
+
+def _describe(shape: Mapping[str, object]) -> str:
+    """e.g. "vit_b (embed dim 768, 12 blocks, 12 heads, global blocks [2, 5, 8, 11], window 14, image size 1024)"."""
+    parts = [f"embed dim {shape['embed_dim']}", f"{shape['depth']} blocks"]
+    if "num_heads" in shape:
+        parts.append(f"{shape['num_heads']} heads")
+    if "global_attn_indexes" in shape:
+        parts += [f"global blocks {list(shape['global_attn_indexes'])}", f"window {shape['window_size']}"]
+    if "image_size" in shape:
+        parts.append(f"image size {shape['image_size']}")
+    return f"{_variant_name(shape) or 'a custom SAM'} ({', '.join(parts)})"
+
+
+def _shape_hint(state: Mapping[str, torch.Tensor], model: nn.Module) -> Tuple[str, Optional[str]]:
+    """(text appended to the mismatch message, hint) comparing the file's image encoder with the model's."""
+    got = _file_encoder_shape(state)
+    if not got or not hasattr(getattr(model, "config", None), "vision_config"):
+        return "", None
+    want = _model_encoder_shape(model)
+    differ = [k for k in got if got[k] != want[k]]
+    if not differ:
+        return "", None
+    if differ == ["image_size"]:
+        grid = int(got["image_size"]) // int(got["patch"])
+        return (f"; the image size differs: the file is for {got['image_size']}-px inputs (its pos_embed is a "
+                f"{grid}x{grid} grid of {got['patch']}-px patches), the model for {want['image_size']}-px ones "
+                f"(the encoder is the same otherwise: {_variant_name(got) or 'a custom SAM'})",
+                f"set MODEL.SAM.IMAGE_SIZE {got['image_size']}")
+    name = _variant_name(got)
+    if name is not None:
+        hint = f"set MODEL.SAM.VARIANT '{name}'"
+    else:
+        hint = (f"set MODEL.SAM.VARIANT 'custom' with MODEL.SAM.EMBED_DIM {got['embed_dim']}, DEPTH {got['depth']}"
+                + (f", NUM_HEADS {got['num_heads']}" if "num_heads" in got else "")
+                + (f", GLOBAL_ATTN_INDEXES {list(got['global_attn_indexes'])}, WINDOW_SIZE {got['window_size']}"
+                   if "global_attn_indexes" in got else ""))
+    if "image_size" in differ:
+        hint += f" and MODEL.SAM.IMAGE_SIZE {got['image_size']}"
+    return f"; the file looks like {_describe(got)}, the model is {_describe(want)}", hint
 
 
 def load_sam_checkpoint(model: nn.Module, path: Union[str, Mapping[str, torch.Tensor]], base_path: str = "",
@@ -208,8 +279,8 @@ def load_sam_checkpoint(model: nn.Module, path: Union[str, Mapping[str, torch.Te
                 if n in own and tuple(v.shape) != tuple(own[n].shape)]
     if mismatch:
         shown = "; ".join(f"{_shown_name(n)}: file {list(a)} vs model {list(b)}" for n, a, b in mismatch[:4])
-        raise CheckpointMismatchError(f"{label}: {len(mismatch)} tensors do not fit this SAM: {shown}"
-                                      f"{_variant_hint(merged, own)}")
+        text, hint = _shape_hint(merged, model)
+        raise CheckpointMismatchError(f"{label}: {len(mismatch)} tensors do not fit this SAM: {shown}{text}", hint=hint)
     report.unexpected = sorted(n for n in merged if n not in own)
     report.loaded = sorted(n for n in merged if n in own)
     report.missing = [n for n in own if n not in merged]

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from rass.data.degradation.online import derive_seed
+from rass.utils.errors import UserValueError
 
 __all__ = ["PROTOCOLS", "Prompts", "prompt_rng", "sample_prompts", "mask_to_box", "box_noise", "resize_mask", "check_prompts"]
 
@@ -161,30 +162,58 @@ def check_prompts(
     boxes: Optional[np.ndarray] = None,
     source: str = "prompts",
 ) -> None:
-    """Refuse user prompts that do not fit the image, naming the offending one (e.g. demo input).
+    """Refuse user prompts that do not fit the image, naming the offending one (demo, browser page, predictor).
 
     Args:
         image_hw: (h, w) of the image the prompts refer to.
-        point_coords: N×2 (x, y); each must lie in [0, w] × [0, h].
+        point_coords: N×2 (x, y); each must be finite and lie in [0, w] × [0, h].
         point_labels: N labels, each 0 (negative) or 1 (positive).
-        boxes: M×4 xyxy with 0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h.
+        boxes: M×4 xyxy, finite, with 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h (a positive area).
         source: where the prompts came from (file or option), for the message.
+
+    Raises:
+        UserValueError: naming the prompt, its values and what was expected.
     """
     h, w = int(image_hw[0]), int(image_hw[1])
     if point_coords is not None:
-        pts = np.asarray(point_coords, dtype=np.float64).reshape(-1, 2)
+        pts = _numbers(point_coords, 2, "points", source)
         for i, (x, y) in enumerate(pts):
+            if not (np.isfinite(x) and np.isfinite(y)):
+                raise UserValueError(f"{source}: point {i} ({x:g}, {y:g}) is not a pair of finite numbers; expected "
+                                     f"(x, y) pixel coordinates in the image of {h}x{w} (HxW)")
             if not (0 <= x <= w and 0 <= y <= h):
-                raise ValueError(f"{source}: point {i} ({x:g}, {y:g}) lies outside the {w}x{h} (WxH) image")
+                raise UserValueError(f"{source}: point {i} ({x:g}, {y:g}) is outside the image of {h}x{w} (HxW); "
+                                     f"expected (x, y) with 0 <= x <= {w}, 0 <= y <= {h}")
         if point_labels is not None:
             labels = np.asarray(point_labels).reshape(-1)
             if labels.shape[0] != pts.shape[0]:
-                raise ValueError(f"{source}: {pts.shape[0]} points but {labels.shape[0]} labels")
-            bad = [int(v) for v in labels if v not in (0, 1)]
+                raise UserValueError(f"{source}: {pts.shape[0]} points but {labels.shape[0]} labels; expected one "
+                                     f"label per point")
+            bad = labels[~np.isin(labels, (0, 1))].tolist()
             if bad:
-                raise ValueError(f"{source}: point labels must be 1 (positive) or 0 (negative), got {bad[:3]}")
+                raise UserValueError(f"{source}: point labels must be 1 (positive) or 0 (negative), got {bad[:3]}")
     if boxes is not None:
-        for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
-            if not (0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h):
-                raise ValueError(f"{source}: box {i} ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is not an xyxy box inside the "
-                                 f"{w}x{h} (WxH) image (expected 0 <= x0 <= x1 <= {w}, 0 <= y0 <= y1 <= {h})")
+        for i, (x0, y0, x1, y1) in enumerate(_numbers(boxes, 4, "boxes", source)):
+            shown = f"box {i} ({x0:g}, {y0:g}, {x1:g}, {y1:g})"
+            if not np.isfinite([x0, y0, x1, y1]).all():
+                raise UserValueError(f"{source}: {shown} is not 4 finite numbers; expected x1, y1, x2, y2 pixels")
+            if x0 > x1 or y0 > y1:
+                raise UserValueError(f"{source}: {shown} is inverted ({'x1 > x2' if x0 > x1 else 'y1 > y2'}); expected "
+                                     f"x1, y1 (top left), x2, y2 (bottom right) with x1 < x2 and y1 < y2")
+            if x0 == x1 or y0 == y1:
+                raise UserValueError(f"{source}: {shown} has zero area ({'x1 = x2' if x0 == x1 else 'y1 = y2'}); "
+                                     f"expected x1 < x2 and y1 < y2")
+            if not (0 <= x0 and x1 <= w and 0 <= y0 and y1 <= h):
+                raise UserValueError(f"{source}: {shown} is not inside the image of {h}x{w} (HxW); expected "
+                                     f"0 <= x1 < x2 <= {w}, 0 <= y1 < y2 <= {h}")
+
+
+def _numbers(values, n: int, what: str, source: str) -> np.ndarray:
+    """`values` as a float64 array of rows of `n` numbers, or a UserValueError naming `what`."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UserValueError(f"{source}: {what} must be numbers, got {values!r:.80}") from None
+    if arr.size % n:
+        raise UserValueError(f"{source}: {what} must be rows of {n} numbers, got shape {arr.shape}")
+    return arr.reshape(-1, n)

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from rass.utils.errors import UserError
+from rass.utils.errors import UserError, UserValueError
 from rass.utils.io import save_image_atomic, write_text_atomic
 
 # ADE20K 0-based class ids of the classes drawn (names from detectron2's ADE20K list).
@@ -356,9 +356,9 @@ def make_synthetic_ade20k(
     from tqdm import tqdm
 
     if not 16 <= min_size <= max_size:
-        raise ValueError(f"make_synthetic_ade20k: need 16 <= min_size <= max_size, got {min_size}, {max_size}")
+        raise UserValueError(f"make_synthetic_ade20k: need 16 <= min_size <= max_size, got {min_size}, {max_size}")
     if num_train < 0 or num_val < 0:
-        raise ValueError(f"make_synthetic_ade20k: image counts must be >= 0, got {num_train}, {num_val}")
+        raise UserValueError(f"make_synthetic_ade20k: image counts must be >= 0, got {num_train}, {num_val}")
     settings = _settings(seed, min_size, max_size)
     have, lone, new_record = _check_folder(out, settings, overwrite)
     if new_record:  # before any image: an interrupted run is recognised by its settings

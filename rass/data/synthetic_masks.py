@@ -26,6 +26,7 @@ import numpy as np
 
 from rass.data.degradation.offline import degrade_tree
 from rass.data.degradation.online import derive_seed
+from rass.utils.errors import UserValueError
 from rass.utils.io import save_image_atomic, write_text_atomic
 
 __all__ = ["make_synthetic_object", "make_synthetic_lqseg", "SET_NAME", "INFO_FILE", "SPLITS"]
@@ -96,10 +97,11 @@ def _check_info(root: str, info: Dict[str, Any]) -> None:
             if key == "num_train" and key not in old:  # made before the training split existed: add it
                 write_text_atomic(path, json.dumps({**old, key: info[key]}, indent=2, sort_keys=True) + "\n")
             elif old.get(key) != info[key]:
-                raise ValueError(f"{root} holds a synthetic LQSeg set made with {key}={old.get(key)!r}, this run has "
-                                 f"{info[key]!r}; refusing to mix them: use another folder (or delete it) or the same settings")
+                raise UserValueError(f"{root} holds a synthetic LQSeg set made with {key}={old.get(key)!r}, this run "
+                                     f"has {info[key]!r}; refusing to mix them: use another folder (or delete it) or "
+                                     "the same settings")
     elif os.path.isdir(root) and os.listdir(root):
-        raise ValueError(f"{root} is not empty and holds no {INFO_FILE}: refusing to write a synthetic set into it")
+        raise UserValueError(f"{root} is not empty and holds no {INFO_FILE}: refusing to write a synthetic set into it")
     else:
         write_text_atomic(path, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
@@ -134,12 +136,13 @@ def make_synthetic_lqseg(
         "train": training images written now}.
     """
     if num_images < 1 or not 8 <= min_size <= max_size:
-        raise ValueError(f"num_images must be >= 1 and 8 <= min_size <= max_size, got {num_images}, {min_size}, {max_size}")
+        raise UserValueError(f"num_images must be >= 1 and 8 <= min_size <= max_size, got {num_images}, {min_size}, "
+                             f"{max_size}")
     if num_train < 0:
-        raise ValueError(f"num_train must be >= 0, got {num_train}")
+        raise UserValueError(f"num_train must be >= 0, got {num_train}")
     bad = [k for k in levels if k not in (1, 2, 3)]
     if bad:
-        raise ValueError(f"LQ levels must be 1, 2 or 3, got {bad}")
+        raise UserValueError(f"LQ levels must be 1, 2 or 3, got {bad}")
     info = {"seed": int(seed), "num_images": int(num_images), "min_size": int(min_size), "max_size": int(max_size),
             "num_train": int(num_train)}
     _check_info(root, info)

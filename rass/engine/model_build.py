@@ -1,5 +1,6 @@
 """Building the model for the trainer: a parameter summary instead of the module tree, and the
-"random weights" warnings of the frozen parts only when they are true.
+"random weights" warnings of the frozen parts only when they are true, and
+the seeding of parts built without weights (`seeded_init`).
 
 Parts without a weights file (MODEL.RASS.SD_PATH "", a RAM tagger without MODEL.TAGGER.RAM.WEIGHTS)
 are built with random weights and say so with a WARNING that contains "random weights". When
@@ -9,21 +10,66 @@ are logged then, with the count of frozen entries the checkpoint left as built.
 """
 from __future__ import annotations
 
+import argparse
 import logging
+import random
 import re
 from contextlib import contextmanager
 from typing import Iterator, List, Tuple
 
+import numpy as np
 import torch
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from detectron2.modeling import build_model as d2_build_model
 
 from rass.utils.cli import debug_enabled
 from rass.utils.model_summary import model_summary
+from rass.utils.registry import registered
 
-__all__ = ["build_model_with_summary", "build_model_noting_random_weights", "RandomWeightNotes"]
+__all__ = ["build_model_with_summary", "build_model_noting_random_weights", "RandomWeightNotes", "DEFAULT_INIT_SEED",
+           "seeded_init", "add_init_seed_argument", "check_model_names"]
 
 logger = logging.getLogger("rass")
 _RANDOM = re.compile(r"random weights", re.I)
+
+# The seed of the parts a tool or demo builds without weights (random SAM, UNet, tagger, heads) unless
+# it is given another one (`--init-seed`): the same config gives the same model, run after run.
+DEFAULT_INIT_SEED = 0
+
+
+@contextmanager
+def seeded_init(seed: int = DEFAULT_INIT_SEED) -> Iterator[None]:
+    """Build models inside this block to initialise their random parts from `seed`.
+
+    torch's CPU and CUDA generators, numpy's and Python's global generators are seeded inside the
+    block and restored after it, so the process's own random streams are left as they were. Parts
+    later set from a weights file are unaffected; everything else is the same for the same seed.
+
+    Args:
+        seed: the initialisation seed (`DEFAULT_INIT_SEED` unless the user chose one).
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)  # CPU and every CUDA device
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def add_init_seed_argument(parser: argparse.ArgumentParser) -> None:
+    """The `--init-seed` option of tools that build a model (see `seeded_init`).
+
+    Args:
+        parser: the tool's argument parser.
+    """
+    parser.add_argument("--init-seed", type=int, default=DEFAULT_INIT_SEED, metavar="N",
+                        help="seed of the model parts built without weights, so that runs with random parts "
+                             "are reproducible (default: %(default)s)")
 
 
 class _Collect(logging.Filter):
@@ -104,6 +150,22 @@ class RandomWeightNotes:
             logger.info(f"The parts built with random weights were all set from MODEL.WEIGHTS ({self._weights})")
 
 
+def check_model_names(cfg) -> None:
+    """Check the registered names that detectron2's `build_model` looks up from the config (the
+    meta-architecture, the backbone and the semantic head), so that a name that is not registered is a
+    user error naming the key (the project's own registries check theirs where they build).
+
+    Args:
+        cfg: the project config.
+
+    Raises:
+        UserKeyError: a name that is not registered.
+    """
+    registered(META_ARCH_REGISTRY, "MODEL.META_ARCHITECTURE", cfg.MODEL.META_ARCHITECTURE)
+    registered(BACKBONE_REGISTRY, "MODEL.BACKBONE.NAME", cfg.MODEL.BACKBONE.NAME)
+    registered(SEM_SEG_HEADS_REGISTRY, "MODEL.SEM_SEG_HEAD.NAME", cfg.MODEL.SEM_SEG_HEAD.NAME)
+
+
 def build_model_noting_random_weights(cfg) -> Tuple[torch.nn.Module, RandomWeightNotes]:
     """detectron2's `build_model` with its "random weights" warnings held back until they are known
     to be true (see `RandomWeightNotes`; the predictors show them, e.g. on the browser demo's page).
@@ -111,6 +173,7 @@ def build_model_noting_random_weights(cfg) -> Tuple[torch.nn.Module, RandomWeigh
     Args:
         cfg: the project config.
     """
+    check_model_names(cfg)
     with _held_random_weight_warnings() as held:
         model = d2_build_model(cfg)
     notes = RandomWeightNotes(model, held.records, expect_load=bool(cfg.MODEL.WEIGHTS),

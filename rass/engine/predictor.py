@@ -16,6 +16,7 @@ from rass.checkpoint import RASSCheckpointer
 from rass.data.dataset_mappers import SemanticDatasetMapper
 from rass.data.datasets.sem_seg import palette
 from rass.engine.model_build import build_model_noting_random_weights
+from rass.utils.errors import UserValueError
 
 __all__ = ["SemanticPredictor"]
 
@@ -72,7 +73,7 @@ class SemanticPredictor:
         """
         weights = cfg.MODEL.WEIGHTS
         if not weights and not allow_random_weights:
-            raise ValueError(
+            raise UserValueError(
                 "MODEL.WEIGHTS is empty: the predictor needs trained weights "
                 "(add `MODEL.WEIGHTS path/to/model_final.pth` to the overrides)"
             )

@@ -11,7 +11,9 @@ import torch
 from detectron2.config import configurable
 
 from rass.checkpoint import RASSCheckpointer
+from rass.data.prompts import check_prompts
 from rass.engine.model_build import build_model_noting_random_weights
+from rass.utils.errors import UserValueError
 
 __all__ = ["PromptablePredictor", "LastImageCache"]
 
@@ -76,8 +78,8 @@ class PromptablePredictor:
     def __init__(self, *, model: torch.nn.Module, weight_notes: Sequence[str] = (),
                  encoder_cache: Optional[LastImageCache] = None) -> None:
         if not hasattr(model, "transform") or not hasattr(model, "sam"):
-            raise ValueError(f"PromptablePredictor needs MODEL.META_ARCHITECTURE 'PromptableSAM', got "
-                             f"{type(model).__name__}")
+            raise UserValueError(f"PromptablePredictor needs MODEL.META_ARCHITECTURE 'PromptableSAM', got "
+                                 f"{type(model).__name__}")
         self.model = model.eval()
         self.weight_notes = list(weight_notes)
         self._encoded = encoder_cache or LastImageCache()
@@ -106,9 +108,9 @@ class PromptablePredictor:
         self._enhanced.clear()
 
     @torch.no_grad()
-    def embedding(self, image: np.ndarray) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """(1 x 256 x 64 x 64 image embedding, enhanced for GleSAM; the resized size in SAM's frame),
-        computed once per image (the last image's is cached).
+    def embeddings(self, image: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
+        """(z_L: SAM's 1 x 256 x 64 x 64 image embedding; the embedding the decoder uses: ẑ for GleSAM, else
+        z_L itself; the resized size in SAM's frame), computed once per image (the last image's is cached).
 
         Args:
             image: H x W x 3 uint8 RGB array.
@@ -118,44 +120,65 @@ class PromptablePredictor:
             return z, valid[0]
 
         key = LastImageCache.key(image)
-        z, valid = self._encoded.get_or_compute(key, encode)
+        z_low, valid = self._encoded.get_or_compute(key, encode)
         if self.model.enhancer is None:
-            return z, valid
-        return self._enhanced.get_or_compute(key, lambda: (self.model.enhancer(z), valid))
+            return z_low, z_low, valid
+        z, _ = self._enhanced.get_or_compute(key, lambda: (self.model.enhancer(z_low), valid))
+        return z_low, z, valid
+
+    def embedding(self, image: np.ndarray) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """(1 x 256 x 64 x 64 image embedding, enhanced for GleSAM; the resized size in SAM's frame), cached
+        as in `embeddings`.
+
+        Args:
+            image: H x W x 3 uint8 RGB array.
+        """
+        _, z, valid = self.embeddings(image)
+        return z, valid
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, points: Optional[Sequence[Sequence[float]]] = None,
-                 labels: Optional[Sequence[int]] = None,
-                 box: Optional[Sequence[float]] = None) -> Dict[str, torch.Tensor]:
+                 labels: Optional[Sequence[int]] = None, box: Optional[Sequence[float]] = None,
+                 intermediates: bool = False) -> Dict:
         """Predict the mask of one object.
 
         Args:
             image: H x W x 3 uint8 RGB array.
             points: N (x, y) pixel coordinates, or None.
             labels: N labels (1 positive, 0 negative); default all positive.
-            box: (x1, y1, x2, y2) pixels, or None.
+            box: (x1, y1, x2, y2) pixels with x1 < x2, y1 < y2, or None.
+            intermediates: also return "intermediates": "z_low" (z_L), "z_enhanced" (ẑ, GleSAM only),
+                "low_res_logits" [M, 4h, 4w], "iou_predictions" [M], "chosen" (index of the returned mask),
+                "multimask_logits" [3, 4h, 4w], "multimask_iou" [3] (see `PromptableSAM.decode`).
 
         Returns:
             "masks" (H x W bool), "mask_logits" (H x W float), "iou_pred" (SAM's predicted IoU, a float tensor).
+
+        Raises:
+            UserValueError: a point that is not finite or lies outside the image, labels other than 0 / 1 or of
+                another count, a box that is not finite, inverted, of zero area or outside the image.
         """
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-            raise ValueError(f"PromptablePredictor: expected an H x W x 3 uint8 RGB array, got a {desc}")
+            raise UserValueError(f"PromptablePredictor: expected an H x W x 3 uint8 RGB array, got a {desc}")
         h, w = image.shape[:2]
+        has_points = points is not None and len(points) > 0
+        if not has_points and box is None:
+            raise UserValueError("PromptablePredictor: give at least one point or a box")
+        check_prompts((h, w), points if has_points else None, labels if has_points else None,
+                      None if box is None else [box], source="prompt")
         inp: Dict = {"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))), "height": h, "width": w}
-        if points is not None and len(points):
-            coords = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
-            lab = torch.ones(len(coords), dtype=torch.long) if labels is None else torch.as_tensor(labels).long()
-            if lab.shape != (len(coords),):
-                raise ValueError(f"PromptablePredictor: {len(coords)} points but {lab.numel()} labels")
-            self.model.transform.apply_coords(coords, (h, w), check_inside=True)  # names a point outside the image
+        if has_points:
+            coords = torch.as_tensor(np.asarray(points, dtype=np.float32)).reshape(-1, 2)
+            lab = torch.ones(len(coords), dtype=torch.long) if labels is None else \
+                torch.as_tensor(np.asarray(labels)).reshape(-1).long()
             inp["point_coords"], inp["point_labels"] = coords[None], lab[None]
         if box is not None:
-            b = torch.as_tensor(box, dtype=torch.float32).reshape(1, 4)
-            self.model.transform.apply_boxes(b, (h, w), check_inside=True)
-            inp["boxes"] = b
-        if "point_coords" not in inp and "boxes" not in inp:
-            raise ValueError("PromptablePredictor: give at least one point or a box")
-        z, valid = self.embedding(image)
-        out = self.model.decode(inp, z, valid)
-        return {"masks": out["masks"][0], "mask_logits": out["mask_logits"][0], "iou_pred": out["iou_pred"][0]}
+            inp["boxes"] = torch.as_tensor(np.asarray(box, dtype=np.float32)).reshape(1, 4)
+        z_low, z, valid = self.embeddings(image)
+        out = self.model.decode(inp, z, valid, return_intermediates=intermediates)
+        result = {"masks": out["masks"][0], "mask_logits": out["mask_logits"][0], "iou_pred": out["iou_pred"][0]}
+        if intermediates:
+            inter = {k: v[0] for k, v in out["intermediates"].items()}  # the one object
+            result["intermediates"] = {**self.model.embedding_intermediates(z_low, z), **inter}
+        return result

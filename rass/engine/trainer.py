@@ -15,6 +15,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from rass.checkpoint import RASSCheckpointer
+from rass.checkpoint.divergence import MARKS_FILE, LossRange, TrainingDivergedError, mark_diverged, read_marks
 from rass.checkpoint.resume import apply_config_hyperparameters, snapshot_hyperparameters
 from rass.data.dataset_mappers import MAPPERS, PromptableDatasetMapper, SemanticDatasetMapper
 from rass.data.datasets.lqseg import EVALUATOR_TYPE as PROMPTABLE_EVALUATOR_TYPE
@@ -22,6 +23,8 @@ from rass.engine.model_build import build_model_with_summary
 from rass.evaluation import CheckedSemSegEvaluator, format_results_table, write_eval_results, write_overlays
 from rass.evaluation.promptable import PromptableMaskEvaluator, format_promptable_table
 from rass.solver import build_lr_scheduler, build_optimizer
+from rass.utils.errors import UserKeyError
+from rass.utils.registry import check_datasets_registered
 
 logger = logging.getLogger("rass")
 
@@ -33,6 +36,66 @@ def is_promptable(dataset_name: str) -> bool:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+class LossRangeHook(hooks.HookBase):
+    """Marks the checkpoints written after the total loss left its range (`rass.checkpoint.divergence`):
+    the one written at iteration k when the loss of iteration k or k + 1 is out of range.
+
+    Args:
+        factor: SOLVER.LOSS_RANGE_FACTOR.
+    """
+
+    def __init__(self, factor: float) -> None:
+        self.range = LossRange(factor=factor)
+
+    def after_step(self) -> None:
+        latest = self.trainer.storage.latest().get("total_loss")  # main process only, like the checkpoints
+        if latest is not None and latest[1] == self.trainer.iter and self.range.observe(self.trainer.iter, latest[0]):
+            self.mark(self.trainer.iter, latest[0])
+
+    def mark(self, iteration: int, loss: float) -> List[str]:
+        """Mark the checkpoints of iterations `iteration` - 1 and `iteration` (out-of-range `loss`).
+
+        Args:
+            iteration: the iteration whose loss was out of range.
+            loss: that loss.
+
+        Returns:
+            The file names marked.
+        """
+        ck = self.trainer.checkpointer
+        if not ck.save_dir or not ck.save_to_disk:
+            return []
+        names = [n for n, k in ck.saved_iterations.items() if k is not None and iteration - 1 <= k <= iteration]
+        for name in names:
+            mark_diverged(ck.save_dir, name, ck.saved_iterations[name], iteration, loss, self.range.reference)
+        return names
+
+    def diverged(self, error: FloatingPointError) -> TrainingDivergedError:
+        """The user error for a NaN / inf loss at the current iteration (after marking its checkpoint).
+
+        Args:
+            error: detectron2's "Loss became infinite or NaN" error.
+        """
+        it, ck = self.trainer.iter, self.trainer.checkpointer
+        self.range.observe(it, float("nan"))
+        self.mark(it, float("nan"))
+        msg = f"training diverged: {' '.join(str(error).split())}"
+        if self.range.left_at is not None and self.range.left_at < it:
+            msg += (f"; the loss left its range at iteration {self.range.left_at} ({self.range.left_loss:.4g}, over "
+                    f"{self.range.factor:g} x the median {self.range.left_reference:.4g} of the first losses)")
+        marks = read_marks(ck.save_dir) if ck.save_dir else {}
+        cfg = getattr(self.trainer, "cfg", None)
+        fix = (f"lower SOLVER.BASE_LR{f' (now {cfg.SOLVER.BASE_LR:g})' if cfg is not None else ''} or clip the "
+               "gradients (SOLVER.CLIP_GRADIENTS.ENABLED True)")
+        if not marks:
+            return TrainingDivergedError(msg + "; no checkpoint was written after that", hint=fix)
+        good = sorted((k, n) for n, k in ck.saved_iterations.items() if k is not None and n not in marks)
+        msg += (f"; the checkpoints written since are marked as diverged in {os.path.join(ck.save_dir, MARKS_FILE)} "
+                f"and --resume skips them: {', '.join(sorted(marks))}")
+        return TrainingDivergedError(msg, hint=f"{fix}; --resume then continues from {good[-1][1]}" if good else
+                                     f"{fix} and start without --resume (no checkpoint before the divergence)")
 
 
 class Trainer(DefaultTrainer):
@@ -95,26 +158,42 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self) -> list:
         """detectron2's hooks; the periodic checkpointer keeps only the newest
-        SOLVER.CHECKPOINT_MAX_TO_KEEP checkpoints when that is > 0 (`model_final.pth` is always kept)."""
+        SOLVER.CHECKPOINT_MAX_TO_KEEP checkpoints when that is > 0 (`model_final.pth` is always kept);
+        a `LossRangeHook` after it marks checkpoints written after the loss left its range."""
         hook_list = super().build_hooks()
         keep = int(self.cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP)
-        if keep > 0:
-            for h in hook_list:
-                if isinstance(h, hooks.PeriodicCheckpointer):
+        at = len(hook_list)
+        for i, h in enumerate(hook_list):
+            if isinstance(h, hooks.PeriodicCheckpointer):
+                at = i + 1
+                if keep > 0:
                     h.max_to_keep = keep
+        self.loss_range = LossRangeHook(float(self.cfg.SOLVER.LOSS_RANGE_FACTOR))
+        hook_list.insert(at, self.loss_range)  # after the checkpointer: sees what it saved this step
         return hook_list
+
+    def run_step(self) -> None:
+        """One iteration; a NaN / inf loss raises `TrainingDivergedError` naming the checkpoints it marked."""
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            if isinstance(e, TrainingDivergedError):
+                raise
+            raise self.loss_range.diverged(e) from e
 
     @classmethod
     def build_train_loader(cls, cfg):
         name = cfg.INPUT.DATASET_MAPPER_NAME
         if name not in MAPPERS:
-            raise KeyError(f"INPUT.DATASET_MAPPER_NAME: unknown mapper {name!r}; known: {sorted(MAPPERS)}")
+            raise UserKeyError(f"INPUT.DATASET_MAPPER_NAME: unknown mapper {name!r}; known: {sorted(MAPPERS)}")
+        check_datasets_registered("DATASETS.TRAIN", cfg.DATASETS.TRAIN)
         return build_detection_train_loader(cfg, mapper=MAPPERS[name](cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
         """Test loader of `dataset_name`: the promptable mapper for promptable-mask datasets (LQSeg,
         image + mask folders), else the semantic mapper."""
+        check_datasets_registered("DATASETS.TEST", [dataset_name])
         if is_promptable(dataset_name):
             return build_detection_test_loader(cfg, dataset_name, mapper=PromptableDatasetMapper(cfg, is_train=False))
         return build_detection_test_loader(cfg, dataset_name, mapper=SemanticDatasetMapper(cfg, is_train=False))

@@ -1,11 +1,12 @@
 from .boundary import boundary_counts, boundary_width, label_boundary_band, mask_boundary_band
 from .promptable import PromptableMaskEvaluator, format_promptable_table, mask_metrics
-from .sem_seg import CheckedSemSegEvaluator, format_class_table, format_results_table, write_eval_results
+from .sem_seg import CheckedSemSegEvaluator, argmax_labels, format_class_table, format_results_table, write_eval_results
 from .visualize import write_overlays
 
 __all__ = [
     "CheckedSemSegEvaluator",
     "PromptableMaskEvaluator",
+    "argmax_labels",
     "boundary_counts",
     "boundary_width",
     "format_class_table",

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from rass.data.dataset_mappers.io import load_label, read_image_checked
+from rass.utils.image_io import load_label, read_image_checked
 from rass.utils.io import save_image_atomic
 
 # SAM / GleSAM masks in the demos' overlays (RGB)

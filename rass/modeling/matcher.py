@@ -16,6 +16,8 @@ from detectron2.utils import comm
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from rass.utils.errors import UserValueError
+
 from .point_sampling import SeededPointGenerator, point_sample
 
 __all__ = ["HungarianMatcher", "batch_dice_cost", "batch_sigmoid_ce_cost", "solve_assignment"]
@@ -73,9 +75,9 @@ class HungarianMatcher(nn.Module):
                  num_points: int = 0, seed: int = 0):
         super().__init__()
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
-            raise ValueError("HungarianMatcher: all cost weights are 0")
+            raise UserValueError("HungarianMatcher: all cost weights are 0")
         if num_points <= 0:
-            raise ValueError(f"HungarianMatcher: num_points must be > 0, got {num_points}")
+            raise UserValueError(f"HungarianMatcher: num_points must be > 0, got {num_points}")
         self.cost_class = cost_class
         self.cost_mask = cost_mask
         self.cost_dice = cost_dice

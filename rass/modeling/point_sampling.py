@@ -10,6 +10,8 @@ from typing import Dict, Optional
 import torch
 from detectron2.projects.point_rend.point_features import point_sample as _d2_point_sample
 
+from rass.utils.errors import UserValueError
+
 __all__ = ["SeededPointGenerator", "point_sample", "calculate_uncertainty", "sample_uncertain_points"]
 
 
@@ -73,9 +75,11 @@ def sample_uncertain_points(
         R x P x 2 float32 coordinates (x, y) in [0, 1].
     """
     if oversample_ratio < 1:
-        raise ValueError(f"oversample_ratio must be >= 1, got {oversample_ratio}")
+        raise UserValueError("oversample_ratio (MODEL.MASK_FORMER.OVERSAMPLE_RATIO) must be >= 1, got "
+                             f"{oversample_ratio}")
     if not 0.0 <= importance_sample_ratio <= 1.0:
-        raise ValueError(f"importance_sample_ratio must be in [0, 1], got {importance_sample_ratio}")
+        raise UserValueError(f"importance_sample_ratio (MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO) must be in [0, 1], "
+                             f"got {importance_sample_ratio}")
     gen = generator if generator is not None else SeededPointGenerator(0)
     r = logits.shape[0]
     device = logits.device

@@ -23,6 +23,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from rass.utils.errors import UserRuntimeError
+
 __all__ = [
     "BACKENDS",
     "kernel_available",
@@ -105,7 +107,7 @@ def resolve_backend(backend: str, device: Union[str, torch.device]) -> str:
     available = kernel_available(device)
     if backend == "kernel" and not available:
         why = kernel_import_error() or f"the installed kernel is not built for device type {torch.device(device).type!r}"
-        raise RuntimeError(
+        raise UserRuntimeError(
             f"ms_deform_attn: backend='kernel' requested but the torch-ms-deform-attn kernel is unavailable ({why}). "
             "Install it with `pip install --no-build-isolation torch-ms-deform-attn` or use backend='auto'/'torch'."
         )

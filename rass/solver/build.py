@@ -10,6 +10,8 @@ from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 from torch import nn
 
+from rass.utils.errors import UserValueError
+
 _NORM_TYPES = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
     nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm,
@@ -75,7 +77,8 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     elif name == "SGD":
         cls, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
     else:
-        raise ValueError(f"SOLVER.OPTIMIZER: unknown optimizer {cfg.SOLVER.OPTIMIZER!r}; expected ADAMW, ADAM or SGD")
+        raise UserValueError(f"SOLVER.OPTIMIZER: unknown optimizer {cfg.SOLVER.OPTIMIZER!r}; expected ADAMW, ADAM or "
+                             "SGD")
     clip = cfg.SOLVER.CLIP_GRADIENTS
     if clip.ENABLED:
         if clip.CLIP_TYPE == "full_model":
@@ -86,7 +89,7 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
             cls = maybe_add_gradient_clipping(cfg, cls)
     groups = build_param_groups(cfg, model)
     if not groups:
-        raise ValueError("build_optimizer: the model has no trainable parameters")
+        raise UserValueError("build_optimizer: the model has no trainable parameters")
     return cls(groups, lr=cfg.SOLVER.BASE_LR, **kwargs)
 
 

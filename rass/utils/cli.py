@@ -6,28 +6,26 @@ with status 2; anything else is a bug and propagates with its traceback (exit st
 mode (``--debug`` on any entry point, or ``RASS_DEBUG=1``; child processes inherit it) the traceback
 of a user error is printed too.
 
-What counts as a user error (`as_user_error`):
-
-- a `rass.utils.errors.UserError` (the project's type; its subclasses are also `ValueError`,
-  `KeyError`, ... where callers expect those);
-- an `OSError` (missing file, permission denied, disk full: the user's environment);
-- a `ValueError` / `KeyError` raised by a ``raise`` statement of the project's own code (the
-  project's messages name the file / key / value), or one of the few detectron2 / fvcore errors
-  about a name in the config (an unknown registered name, an unregistered dataset); the same types
-  raised elsewhere by a library, or by a failing operation inside the project (``a, b = x``), are bugs.
+What counts as a user error (`as_user_error`): a `rass.utils.errors.UserError` and nothing else.
+The project raises that type (its subclasses `UserValueError`, `UserKeyError`,
+`UserFileNotFoundError`, ... are also the matching builtin types) on purpose, with a message naming
+the file / key / value and what was expected, wherever it checks the user's input: config values,
+files, data, command-line arguments, names looked up in a registry or the dataset catalog. Every
+other exception (an `OSError` nobody turned into a message, a `ValueError` of an internal check, a
+library's `KeyError`) is a bug and keeps its traceback.
 
 Errors from data-loader worker processes and from the other ranks of detectron2's `launch` arrive as
-exceptions whose message is the original traceback as text; they are recognised by parsing that
-text with the same rules. Ranks started by `launch` should run their main through `LaunchedMain`,
-which turns a user error into a plain `UserError` (so the parent prints it once) and keeps
-detectron2's training loop from logging its traceback.
+exceptions whose message is the original traceback as text; they are user errors when the final
+exception of that text is of a `UserError` type (its ``module.Class`` name is imported to check).
+Ranks started by `launch` should run their main through `LaunchedMain`, which turns a user error into
+a plain `UserError` (so the parent prints it once) and keeps detectron2's training loop from logging
+its traceback.
 """
 from __future__ import annotations
 
 import builtins
 import importlib
 import inspect
-import linecache
 import logging
 import os
 import re
@@ -43,22 +41,11 @@ __all__ = ["DEBUG_ENV", "DEBUG_FLAG", "EXIT_USER_ERROR", "debug_enabled", "enabl
 DEBUG_ENV = "RASS_DEBUG"
 DEBUG_FLAG = "--debug"
 EXIT_USER_ERROR = 2
-_DEBUG_HINT = f"run again with {DEBUG_FLAG} (or {DEBUG_ENV}=1) to see where it happened"
 DEBUG_HELP = "show the traceback of errors in the input too (same as RASS_DEBUG=1)"
 
-_PROJECT_DIRS = tuple(
-    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), d) + os.sep
-    for d in ("rass", "tools", "demo", "datasets")
-)
-_PROJECT_FILES = (os.path.join(os.path.dirname(_PROJECT_DIRS[0].rstrip(os.sep)), "train_net.py"),)
-_FILE_LINE = re.compile(r'^\s+File "(?P<file>.+)", line (?P<line>\d+), in ')
 _EXC_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?:: (?P<msg>.*))?$")
+_FILE_LINE = re.compile(r'^\s+File "(?P<file>.+)", line (?P<line>\d+), in ')
 _TRACEBACK_MARKS = ("Traceback (most recent call last):",)
-# Messages of detectron2/fvcore that are about a name in the user's config, not a bug.
-_LIBRARY_USER_MESSAGES = (
-    re.compile(r"^No object named '.*' found in '.*' registry!"),  # e.g. MODEL.BACKBONE.NAME
-    re.compile(r"^Dataset '.*' is not registered!"),  # DATASETS.TRAIN / TEST
-)
 _EMBEDDED_MARKS = ("Original Traceback (most recent call last):", "terminated with the following error:")
 
 
@@ -72,13 +59,6 @@ def enable_debug() -> None:
     os.environ[DEBUG_ENV] = "1"
 
 
-def _is_project_file(path: str) -> bool:
-    path = os.path.abspath(path)
-    if os.sep + "site-packages" + os.sep in path:
-        return False
-    return path.startswith(_PROJECT_DIRS) or path in _PROJECT_FILES
-
-
 def _resolve_type(name: str) -> Optional[type]:
     """The exception class named `name` in a formatted traceback ("ValueError", "rass.x.MyError")."""
     module, _, attr = name.rpartition(".")
@@ -90,25 +70,14 @@ def _resolve_type(name: str) -> Optional[type]:
     return cls if isinstance(cls, type) and issubclass(cls, BaseException) else None
 
 
-def _classify(cls: Optional[type], message: str, raised_by_project: bool, hint: Optional[str] = None
-              ) -> Optional[UserError]:
-    if cls is not None and issubclass(cls, UserError):
-        return UserError(message, hint)
-    if cls is not None and issubclass(cls, OSError):
-        return UserError(message, hint)
-    if cls is not None and issubclass(cls, (ValueError, KeyError)):
-        if raised_by_project or any(p.search(message) for p in _LIBRARY_USER_MESSAGES):
-            return UserError(message, hint)
-    return None
-
-
 def _split_hint(text: str) -> Tuple[str, Optional[str]]:
     message, sep, hint = text.partition("\n  hint: ")
     return (message, hint.strip() or None) if sep else (text, None)
 
 
 def _from_traceback_text(text: str) -> Optional[UserError]:
-    """The user error at the end of a traceback formatted as text (None if it is not one)."""
+    """The user error at the end of a traceback formatted as text (None if its final exception is
+    not of a `UserError` type)."""
     start = max(text.rfind(m) for m in _TRACEBACK_MARKS)
     if start < 0:
         return None
@@ -116,36 +85,15 @@ def _from_traceback_text(text: str) -> Optional[UserError]:
     last_file = max((i for i, line in enumerate(lines) if _FILE_LINE.match(line)), default=None)
     if last_file is None:
         return None
-    file_name = _FILE_LINE.match(lines[last_file]).group("file")
     j = last_file + 1
-    source = ""
-    while j < len(lines) and (not lines[j] or lines[j][0].isspace()):
-        if not source and lines[j].strip() and not set(lines[j].strip()) <= set("^~-"):
-            source = lines[j].strip()
+    while j < len(lines) and (not lines[j] or lines[j][0].isspace()):  # the source line and its ^^^ marks
         j += 1
-    if j >= len(lines):
+    m = _EXC_LINE.match(lines[j]) if j < len(lines) else None
+    cls = _resolve_type(m.group("type")) if m else None
+    if cls is None or not issubclass(cls, UserError):
         return None
-    m = _EXC_LINE.match(lines[j])
-    if not m:
-        return None
-    type_name = m.group("type")
-    message = "\n".join([m.group("msg") or ""] + lines[j + 1:]).rstrip()
-    cls = _resolve_type(type_name)
-    if cls is not None and issubclass(cls, KeyError) and len(message) > 1 and message[0] == message[-1] == "'":
-        message = message[1:-1]
-    message, hint = _split_hint(message)
-    raised = _is_project_file(file_name) and source.startswith("raise")
-    return _classify(cls, message or type_name, raised, hint)
-
-
-def _innermost(tb) -> Tuple[str, str]:
-    """(file name, source line) of the innermost frame of a traceback object."""
-    if tb is None:
-        return "", ""
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    file_name = tb.tb_frame.f_code.co_filename
-    return file_name, linecache.getline(file_name, tb.tb_lineno).strip()
+    message, hint = _split_hint("\n".join([m.group("msg") or ""] + lines[j + 1:]).rstrip())
+    return UserError(message or m.group("type"), hint)
 
 
 def as_user_error(exc: BaseException) -> Optional[UserError]:
@@ -155,34 +103,28 @@ def as_user_error(exc: BaseException) -> Optional[UserError]:
         exc: any exception.
 
     Returns:
-        `exc` itself if it is a `UserError`, else a new `UserError` with its message, or None.
+        `exc` itself if it is a `UserError`; for an error of a worker or another rank that arrived as
+        its traceback text, a new `UserError` with the message and hint of the original; else None.
     """
     if not isinstance(exc, Exception):
         return None
     text = str(exc)
-    if any(m in text for m in _EMBEDDED_MARKS):  # a worker's or another rank's traceback, as text
+    # a worker's or another rank's traceback, as text (torch re-raises a worker's error as its own
+    # type when it can, so a UserError may hold one too)
+    if any(m in text for m in _EMBEDDED_MARKS):
         return _from_traceback_text(text)
-    if isinstance(exc, UserError):
-        return exc
-    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
-        text = exc.args[0]
-    file_name, source = _innermost(exc.__traceback__)
-    raised = _is_project_file(file_name) and source.startswith("raise")
-    return _classify(type(exc), text or type(exc).__name__, raised)
+    return exc if isinstance(exc, UserError) else None
 
 
-def format_user_error(err: UserError, from_other_type: bool = False) -> str:
+def format_user_error(err: UserError) -> str:
     """The lines printed for a user error: ``error: <message>`` and ``  hint: <hint>``.
 
     Args:
         err: the error.
-        from_other_type: the error was recognised from a plain ValueError/KeyError/OSError; the
-            hint then points at the debug switch (it may be a bug after all).
     """
     lines = [f"error: {err.message}"]
-    hint = err.hint or (_DEBUG_HINT if from_other_type else None)
-    if hint:
-        lines.append(f"  hint: {hint}")
+    if err.hint:
+        lines.append(f"  hint: {err.hint}")
     return "\n".join(lines)
 
 
@@ -200,7 +142,7 @@ def report_user_error(exc: BaseException, stream: Optional[TextIO] = None) -> Op
     stream = stream or sys.stderr
     if debug_enabled():
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=stream)
-    stream.write(format_user_error(err, from_other_type=err is not exc) + "\n")
+    stream.write(format_user_error(err) + "\n")
     stream.flush()
     return EXIT_USER_ERROR
 
@@ -282,4 +224,4 @@ class LaunchedMain:
             err = as_user_error(e)
             if err is None or debug_enabled():
                 raise
-            raise UserError(err.message, err.hint or (None if err is e else _DEBUG_HINT)) from None
+            raise UserError(err.message, err.hint) from None

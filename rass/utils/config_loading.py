@@ -71,6 +71,9 @@ class ProjectCfgNode(CN):
                 hint="a relative _BASE_ path is relative to the folder of the file that names it") from None
         except UserError:
             raise
+        except UnicodeDecodeError as e:
+            raise UserValueError(f"config file {filename} is not UTF-8 text ({e.reason} at byte {e.start})",
+                                 hint="a config file is a YAML text file") from None
         except yaml.constructor.ConstructorError as e:
             raise UserValueError(f"config file {filename}: {_yaml_problem(e)}",
                                  hint="config files are plain YAML; Python tags (!!python/...) are not allowed") from None

@@ -5,6 +5,8 @@ import glob
 import os
 from typing import Dict, List, Sequence, Tuple
 
+from rass.utils.errors import UserValueError
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -52,6 +54,7 @@ def files_by_stem(folder: str, exts: Sequence[str]) -> Dict[str, str]:
         stem, ext = os.path.splitext(name)
         if ext.lower() in exts and not name.startswith("."):
             if stem in out:
-                raise ValueError(f"{folder}: two files share the stem {stem!r}: {os.path.basename(out[stem])}, {name}")
+                raise UserValueError(f"{folder}: two files share the stem {stem!r}: {os.path.basename(out[stem])}, "
+                                     f"{name}")
             out[stem] = os.path.join(folder, name)
     return out

@@ -13,7 +13,7 @@ from typing import Dict, Optional, Sequence, Tuple
 from rass.utils.errors import UserError
 from rass.utils.inputs import IMAGE_EXTS
 
-__all__ = ["WRITABLE_IMAGE_EXTS", "OutputError", "image_outputs", "check_writable"]
+__all__ = ["WRITABLE_IMAGE_EXTS", "OutputError", "image_outputs", "check_writable", "make_output_folder"]
 
 # Image file types `rass.utils.io.save_image_atomic` writes (an --output file name must end with one).
 WRITABLE_IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -80,3 +80,32 @@ def check_writable(target: str, folder: str) -> None:
             pass
     except OSError as e:
         raise OutputError(f"--output {target}: cannot write in {probe} ({e.strerror or e})") from None
+
+
+def make_output_folder(folder: str, what: str) -> str:
+    """Create the output folder `folder` (and its parents) if missing.
+
+    Args:
+        folder: the folder.
+        what: the argument or config key that gave it (``--output``, ``OUTPUT_DIR``), for the message.
+
+    Returns:
+        `folder`.
+
+    Raises:
+        OutputError: it cannot be created (a file is in the way, no permission, ...), naming `what`.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        probe = os.path.abspath(folder)
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        if os.path.abspath(folder) == probe:
+            reason = "it is an existing file, not a folder"
+        elif not os.path.isdir(probe):
+            reason = f"{probe} is a file, so no folder can be made below it"
+        else:
+            reason = f"cannot create it in {probe} ({e.strerror or e})"
+        raise OutputError(f"{what} {folder}: {reason}", hint=f"give {what} a folder you can write to") from None
+    return folder

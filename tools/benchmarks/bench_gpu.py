@@ -193,8 +193,9 @@ def build_rass(s: Settings, device: torch.device, frozen_dtype: str, reference: 
     from rass.config import setup_cfg
 
     cfg = setup_cfg(s.rass_config, s.rass_opts + ["MODEL.DEVICE", str(device), "MODEL.RASS.FROZEN_DTYPE", frozen_dtype])
-    torch.manual_seed(0)
-    with (random_fill_skipped() if reference is not None else contextlib.nullcontext()):
+    from rass.engine.model_build import seeded_init
+
+    with seeded_init(0), (random_fill_skipped() if reference is not None else contextlib.nullcontext()):
         model = build_model(cfg)
     if reference is not None:
         copy_weights(model, reference)
@@ -365,14 +366,13 @@ def bench_glesam(s: Settings, device: torch.device, warmup: int, repeats: int, s
         import bench_glesam
     except ImportError as e:
         raise Skipped(f"GleSAM modules not importable ({e})") from e
-    args = argparse.Namespace(tiny=s.sam_variant == "tiny", variant=s.sam_variant, sd=s.glesam_arch)
+    args = argparse.Namespace(tiny=s.sam_variant == "tiny", variant=s.sam_variant, sd=s.glesam_arch, image_size=0)
     try:
-        torch.manual_seed(0)
-        model = bench_glesam.build(args, str(device))
+        model = bench_glesam.build(args, str(device))  # seeded inside (seeded_init)
     except (KeyError, FileNotFoundError) as e:  # config keys or files of GleSAM not there yet
         raise Skipped(f"GleSAM config not available ({e})") from e
     calls = bench_glesam.part_calls(model, str(device))
-    encoder, enhance, decoder = bench_glesam.PARTS
+    encoder, enhance, decoder = bench_glesam.ENCODER, bench_glesam.MERGED, bench_glesam.DECODER  # LoRA merged: the default
     side = int(model.transform.target)
 
     def run(parts: Sequence[str]) -> None:

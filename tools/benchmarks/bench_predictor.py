@@ -76,9 +76,11 @@ def main() -> None:
             from detectron2.modeling import build_model
 
             from rass.checkpoint import RASSCheckpointer
+            from rass.engine.model_build import seeded_init
 
-            torch.manual_seed(0)
-            RASSCheckpointer(build_model(setup_cfg(args.config_file, args.opts)), tmp).save("random")
+            with seeded_init():
+                model = build_model(setup_cfg(args.config_file, args.opts))
+            RASSCheckpointer(model, tmp).save("random")
             weights = os.path.join(tmp, "random.pth")
         cfg = setup_cfg(args.config_file, [*args.opts, "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"])
         predictor = SemanticPredictor(cfg)

@@ -101,10 +101,11 @@ def build(tagger: str, threads: int):
     from detectron2.modeling import build_model
 
     from rass.config import setup_cfg
+    from rass.engine.model_build import seeded_init
 
-    torch.manual_seed(0)
     torch.set_num_threads(threads)
-    model = build_model(setup_cfg(CONFIG, ["MODEL.DEVICE", "cpu"] + random_weight_opts(tagger)))
+    with seeded_init():
+        model = build_model(setup_cfg(CONFIG, ["MODEL.DEVICE", "cpu"] + random_weight_opts(tagger)))
     return model.eval()
 
 

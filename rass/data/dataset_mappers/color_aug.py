@@ -15,6 +15,8 @@ import numpy as np
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import Transform
 
+from rass.utils.errors import UserValueError
+
 __all__ = ["ColorAugSSDTransform", "PhotometricDistortTransform"]
 
 
@@ -38,7 +40,7 @@ class PhotometricDistortTransform(Transform):
     def __init__(self, params: _Photometric, img_format: str = "RGB") -> None:
         super().__init__()
         if img_format not in ("RGB", "BGR"):
-            raise ValueError(f"ColorAugSSD: INPUT.FORMAT must be RGB or BGR, got {img_format!r}")
+            raise UserValueError(f"ColorAugSSD: INPUT.FORMAT must be RGB or BGR, got {img_format!r}")
         self.params = params
         self.img_format = img_format
 

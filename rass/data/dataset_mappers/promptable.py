@@ -34,8 +34,8 @@ from PIL import Image
 
 from rass.data.degradation.online import derive_seed
 from rass.data.prompts import PROTOCOLS, prompt_rng, sample_prompts
-
-from .io import DataFileError, read_image_checked
+from rass.utils.errors import UserValueError
+from rass.utils.image_io import DAMAGED_FILE_HINT, EXIF_POLICIES, DataFileError, exif_note, read_image_checked
 
 __all__ = ["PromptableDatasetMapper", "read_binary_mask"]
 
@@ -62,7 +62,7 @@ def read_binary_mask(path: str, threshold: int = 128) -> Tuple[np.ndarray, str]:
     except DataFileError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoding problem, by name
-        raise DataFileError(f"Cannot decode mask {path}: {type(e).__name__}: {e}") from e
+        raise DataFileError(f"Cannot decode mask {path}: {type(e).__name__}: {e}", hint=DAMAGED_FILE_HINT) from e
     values = np.unique(arr)
     if np.isin(values, (0, 255)).all():
         return np.ascontiguousarray(arr, dtype=np.uint8), ""
@@ -82,6 +82,8 @@ class PromptableDatasetMapper:
         seed: base seed of the prompts.
         image_size: square side the image is resized to (bicubic); 0 keeps the image.
         mask_threshold: foreground = mask value > this, for masks that are not 0/255.
+        labelled_exif: "apply" (images turned upright by their EXIF orientation; masks must follow
+            the upright image) or "ignore" (the stored pixels).
     """
 
     @configurable
@@ -95,12 +97,15 @@ class PromptableDatasetMapper:
         seed: int = 0,
         image_size: int = 512,
         mask_threshold: int = 128,
+        labelled_exif: str = "apply",
     ) -> None:
+        if labelled_exif not in EXIF_POLICIES:
+            raise UserValueError(f"INPUT.LABELLED_EXIF must be one of {EXIF_POLICIES}, got {labelled_exif!r}")
         if protocol not in PROTOCOLS:
-            raise ValueError(f"Prompt protocol must be one of {PROTOCOLS}, got {protocol!r}")
+            raise UserValueError(f"Prompt protocol must be one of {PROTOCOLS}, got {protocol!r}")
         if num_points < 1 or image_size < 0 or box_noise < 0 or not 0 <= mask_threshold < 255:
-            raise ValueError(f"Invalid prompt settings: num_points={num_points} (>= 1), image_size={image_size} (>= 0), "
-                             f"box_noise={box_noise} (>= 0), mask_threshold={mask_threshold} (0..254)")
+            raise UserValueError(f"Invalid prompt settings: num_points={num_points} (>= 1), image_size={image_size} "
+                                 f"(>= 0), box_noise={box_noise} (>= 0), mask_threshold={mask_threshold} (0..254)")
         self.is_train = is_train
         self.protocol = protocol
         self.num_points = int(num_points)
@@ -108,6 +113,7 @@ class PromptableDatasetMapper:
         self.seed = int(seed)
         self.image_size = int(image_size)
         self.mask_threshold = int(mask_threshold)
+        self.apply_exif = labelled_exif == "apply"
         self._logged: set = set()
         self._train_rng: Optional[Tuple[Any, np.random.Generator]] = None
 
@@ -122,6 +128,7 @@ class PromptableDatasetMapper:
             "seed": p.SEED,
             "image_size": cfg.INPUT.PROMPT.IMAGE_SIZE,
             "mask_threshold": cfg.INPUT.PROMPT.MASK_THRESHOLD,
+            "labelled_exif": cfg.INPUT.LABELLED_EXIF,
         }
 
     def _rng(self, image_id: str) -> np.random.Generator:
@@ -146,17 +153,19 @@ class PromptableDatasetMapper:
         for key in ("file_name", "mask_file", "image_id"):
             if key not in d:
                 raise KeyError(f"PromptableDatasetMapper: dataset dict lacks {key!r} (got keys {sorted(d)})")
-        image = read_image_checked(d["file_name"], "RGB")
+        image = read_image_checked(d["file_name"], "RGB", self.apply_exif)
         mask, mask_note = read_binary_mask(d["mask_file"], self.mask_threshold)
         self._log_once(mask_note, d["mask_file"])
         if self.image_size > 0:
             if image.shape[:2] != (self.image_size, self.image_size):
                 image = np.asarray(Image.fromarray(image).resize((self.image_size, self.image_size), Image.BICUBIC))
         elif image.shape[:2] != mask.shape:
+            note = exif_note(d["file_name"], self.apply_exif)
             raise DataFileError(
                 f"Image {d['file_name']} is {image.shape[1]}x{image.shape[0]} but its mask {d['mask_file']} is "
-                f"{mask.shape[1]}x{mask.shape[0]} (WxH)",
-                hint="with INPUT.PROMPT.IMAGE_SIZE 0 they must match; GleSAM's 512x512 LQ images need IMAGE_SIZE 512",
+                f"{mask.shape[1]}x{mask.shape[0]} (WxH)" + (note[0] if note else ""),
+                hint=note[1] if note else
+                "with INPUT.PROMPT.IMAGE_SIZE 0 they must match; GleSAM's 512x512 LQ images need IMAGE_SIZE 512",
             )
         h, w = image.shape[:2]
         prompts = sample_prompts(mask, (h, w), self.protocol, self.num_points, self.box_noise,

@@ -11,8 +11,10 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 
+from rass.utils.errors import UserValueError
+from rass.utils.image_io import EXIF_POLICIES, check_labels, read_image_checked, read_label_checked
+
 from .color_aug import ColorAugSSDTransform
-from .io import check_labels, read_image_checked, read_label_checked
 
 __all__ = ["SemanticDatasetMapper"]
 
@@ -28,7 +30,9 @@ class SemanticDatasetMapper:
 
     Output dict: ``image`` (uint8 C x H x W tensor, the model input, degraded when degradation
     runs here), ``sem_seg`` (int64 H x W, training), ``image_clean`` (uint8 C x H x W, when
-    `keep_clean` and the image was degraded here), plus the input fields.
+    `keep_clean` and the image was degraded here), ``exif_applied`` (whether the image's EXIF
+    orientation was applied, INPUT.LABELLED_EXIF: for the evaluator's size-mismatch message), plus
+    the input fields.
 
     Args:
         is_train: training or testing behaviour.
@@ -39,9 +43,12 @@ class SemanticDatasetMapper:
         size_divisibility: pad to a multiple of this (<= 0: no padding here; from_config disables
             it when the model degrades the batch, so that padding is added after degradation).
         validate_labels: check label values of every loaded annotation.
-        degradation: callable ``(list of C x H x W float 0..255 tensors, seeds) -> list`` run in the
-            worker (None: no degradation here).
+        degradation: callable ``(list of C x H x W float 0..255 tensors) -> list`` run in the
+            worker, drawing its own per-image seeds (`OnlineDegradation`: a stream seeded by
+            INPUT.DEGRADATION.SEED, the rank and the worker id; no global RNG); None: no degradation here.
         keep_clean: also return the clean image as ``image_clean`` when degrading here.
+        labelled_exif: "apply" (images are turned upright by their EXIF orientation, as detectron2
+            reads them; labels must follow the upright image) or "ignore" (the stored pixels).
     """
 
     @configurable
@@ -57,7 +64,10 @@ class SemanticDatasetMapper:
         validate_labels: bool = True,
         degradation: Optional[Callable] = None,
         keep_clean: bool = False,
+        labelled_exif: str = "apply",
     ) -> None:
+        if labelled_exif not in EXIF_POLICIES:
+            raise UserValueError(f"INPUT.LABELLED_EXIF must be one of {EXIF_POLICIES}, got {labelled_exif!r}")
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
@@ -67,6 +77,7 @@ class SemanticDatasetMapper:
         self.validate_labels = validate_labels
         self.degradation = degradation
         self.keep_clean = keep_clean
+        self.apply_exif = labelled_exif == "apply"
         mode = "training" if is_train else "inference"
         logging.getLogger(__name__).info(f"[SemanticDatasetMapper] augmentations in {mode}: {augmentations}")
 
@@ -116,16 +127,19 @@ class SemanticDatasetMapper:
             "validate_labels": cfg.INPUT.VALIDATE_LABELS,
             "degradation": degradation,
             "keep_clean": keep_clean,
+            "labelled_exif": cfg.INPUT.LABELLED_EXIF,
         }
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image_checked(dataset_dict["file_name"], self.image_format)
+        image = read_image_checked(dataset_dict["file_name"], self.image_format, self.apply_exif)
         dataset_dict.setdefault("height", image.shape[0])  # original size: predictions are resized to it
         dataset_dict.setdefault("width", image.shape[1])
+        dataset_dict["exif_applied"] = self.apply_exif
         sem_seg = None
         if self.is_train:
-            sem_seg = read_label_checked(dataset_dict["sem_seg_file_name"], image.shape[:2], dataset_dict["file_name"])
+            sem_seg = read_label_checked(dataset_dict["sem_seg_file_name"], image.shape[:2], dataset_dict["file_name"],
+                                         self.apply_exif)
             if self.validate_labels:
                 check_labels(sem_seg, self.num_classes, self.ignore_label, dataset_dict["sem_seg_file_name"])
         aug_input = T.AugInput(image, sem_seg=sem_seg)
@@ -133,8 +147,8 @@ class SemanticDatasetMapper:
         image = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
 
         if self.degradation is not None:
-            seed = int(np.random.randint(0, 2**31 - 1))  # the worker RNG, seeded by detectron2
-            lq = self.degradation([image.float()], [seed])[0]
+            # seeds from the degradation's own stream of (INPUT.DEGRADATION.SEED, rank, worker id)
+            lq = self.degradation([image.float()])[0]
             if self.keep_clean:
                 dataset_dict["image_clean"] = self._pad(image, 128)
             image = lq.round().clamp_(0, 255).to(torch.uint8)

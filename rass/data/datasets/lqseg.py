@@ -41,9 +41,10 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
+from rass.utils.errors import UserFileNotFoundError, UserValueError
 from rass.utils.inputs import files_by_stem
 
-from .sem_seg import DatasetRoot
+from .sem_seg import DatasetRoot, report_exif_orientations
 
 __all__ = [
     "EVALUATOR_TYPE",
@@ -126,17 +127,21 @@ def load_image_mask_folder(dataset_name: str, image_dir: str, mask_dir: str, hin
     where = f" (configured by {hint})" if hint else ""
     for d, what in ((image_dir, "image"), (mask_dir, "mask")):
         if not os.path.isdir(d):
-            raise FileNotFoundError(f"Dataset {dataset_name!r}: {what} folder {d!r} does not exist{where}. See datasets/README.md.")
+            raise UserFileNotFoundError(f"Dataset {dataset_name!r}: {what} folder {d!r} does not exist{where}. See "
+                                        "datasets/README.md.")
     same = os.path.realpath(image_dir) == os.path.realpath(mask_dir)
     images = files_by_stem(image_dir, tuple(e for e in IMAGE_EXTS if not (same and e == ".png")))
     masks = files_by_stem(mask_dir, (".png",))
     if not images:
-        raise FileNotFoundError(f"Dataset {dataset_name!r}: no images ({', '.join(IMAGE_EXTS)}) in {image_dir!r}{where}")
+        raise UserFileNotFoundError(f"Dataset {dataset_name!r}: no images ({', '.join(IMAGE_EXTS)}) in "
+                                    f"{image_dir!r}{where}")
     no_mask, no_image = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
     if no_mask or no_image:
-        raise ValueError(
+        raise UserValueError(
             f"Dataset {dataset_name!r}: images and masks do not match: {len(no_mask)} image(s) in {image_dir} without "
-            f"a <stem>.png mask in {mask_dir} (e.g. {no_mask[:3]}), {len(no_image)} mask(s) without image (e.g. {no_image[:3]})"
+            f"a <stem>.png mask in {mask_dir} (e.g. {no_mask[:3]}), {len(no_image)} mask(s) without image (e.g. {no_image[:3]})",
+            hint="each image needs its mask <stem>.png (same file stem): add the missing ones or move the unpaired "
+                 "files out of the dataset",
         )
     dicts = []
     for stem in sorted(images):
@@ -144,8 +149,10 @@ def load_image_mask_folder(dataset_name: str, image_dir: str, mask_dir: str, hin
             with Image.open(masks[stem]) as im:
                 w, h = im.size
         except Exception as e:  # noqa: BLE001 - any decoding problem, by name
-            raise ValueError(f"Dataset {dataset_name!r}: cannot read mask {masks[stem]}: {type(e).__name__}: {e}") from e
+            raise UserValueError(f"Dataset {dataset_name!r}: cannot read mask {masks[stem]}: {type(e).__name__}: "
+                                 f"{e}") from e
         dicts.append({"file_name": images[stem], "mask_file": masks[stem], "image_id": stem, "height": h, "width": w})
+    report_exif_orientations(dataset_name, [d["file_name"] for d in dicts])
     return dicts
 
 
@@ -227,15 +234,15 @@ def _lqseg_loader(name: str, root: DatasetRoot, s: Union[LQSegSet, "LQSegTrainSe
     def load() -> List[dict]:
         r = root.resolve()
         if not os.path.isdir(r):
-            raise FileNotFoundError(f"Dataset {name!r}: LQSeg root {r!r} does not exist (configured by {root.describe()}). "
-                                    "See datasets/README.md (LQSeg).")
+            raise UserFileNotFoundError(f"Dataset {name!r}: LQSeg root {r!r} does not exist (configured by "
+                                        f"{root.describe()}). See datasets/README.md (LQSeg).")
         if isinstance(s, LQSegTrainSet):
             image_dir, mask_dir, image_desc, mask_desc = lqseg_train_folders(r, s)
         else:
             image_dir, mask_dir, image_desc, mask_desc = lqseg_folders(r, s, level)
         for folder, what, desc in ((image_dir, "image", image_desc), (mask_dir, "mask", mask_desc)):
             if not os.path.isdir(folder):
-                raise FileNotFoundError(
+                raise UserFileNotFoundError(
                     f"Dataset {name!r}: no {what} folder under the LQSeg root {r!r} (configured by {root.describe()}); "
                     f"searched {desc}. See datasets/README.md (LQSeg), or register the folders with register_image_mask_folder."
                 )

@@ -3,17 +3,23 @@
 Layout of a split (``<root>/images/<split>/*.jpg|png`` + ``<root>/annotations_detectron2/<split>/*.png``):
 images and annotations are matched by file stem; a stem present on one side only is an error.
 Roots are resolved when the dataset is loaded, so environment variables set after import count.
+Loading also reads every image's header and warns (once per dataset and process) about labelled
+images that carry an EXIF orientation (see `report_exif_orientations`).
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
+from detectron2.utils.logger import log_first_n
 
+from rass.utils.errors import UserFileNotFoundError, UserValueError
+from rass.utils.image_io import exif_orientation, orientation_name
 from rass.utils.paths import project_path
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -55,13 +61,46 @@ class DatasetRoot:
         return f"{env}, otherwise $DETECTRON2_DATASETS/{self.default_subdir}"
 
 
+def report_exif_orientations(dataset_name: str, image_paths: Sequence[str], first: int = 5) -> List[str]:
+    """Warn (once per dataset and process) about labelled images that carry an EXIF orientation.
+
+    Such an image is shown rotated or mirrored by photo viewers; its label must follow the orientation
+    INPUT.LABELLED_EXIF reads it in. A label in the other orientation is caught as a size mismatch only
+    when a 90° turn swaps a non-square image's sides: otherwise it is used turned, silently.
+
+    Args:
+        dataset_name: registered name (for the message).
+        image_paths: the dataset's images (their headers are read).
+        first: how many names the warning lists.
+
+    Returns:
+        The images that carry an orientation other than 1.
+    """
+    tagged = [(p, o) for p in image_paths for o in (exif_orientation(p),) if o != 1]
+    if tagged:
+        names = ", ".join(f"{os.path.basename(p)} ({o}: {orientation_name(o)})" for p, o in tagged[:first])
+        more = ", ..." if len(tagged) > first else ""
+        log_first_n(
+            logging.WARNING,
+            f"Dataset {dataset_name!r}: {len(tagged)} of {len(image_paths)} labelled images carry an EXIF orientation "
+            f"({names}{more}). With INPUT.LABELLED_EXIF 'apply' (the default) they are read upright, so their labels "
+            "must follow the upright image (as photo viewers show it); with 'ignore' they are read as stored, so their "
+            "labels must follow the stored pixels. A label in the other orientation is caught (as a size mismatch) "
+            "only when a 90° turn swaps a non-square image's sides; otherwise (square images, 180° turns, mirrors) "
+            "the image is used turned against its label without any error.",
+            n=1, name=__name__, key="message",
+        )
+    return [p for p, _ in tagged]
+
+
 def _stems(folder: str, exts) -> Dict[str, str]:
     out: Dict[str, str] = {}
     for name in sorted(os.listdir(folder)):
         stem, ext = os.path.splitext(name)
         if ext.lower() in exts:
             if stem in out:
-                raise ValueError(f"{folder}: two files share the stem {stem!r}: {os.path.basename(out[stem])}, {name}")
+                raise UserValueError(f"{folder}: two files share the stem {stem!r}: {os.path.basename(out[stem])}, "
+                                     f"{name}")
             out[stem] = os.path.join(folder, name)
     return out
 
@@ -80,7 +119,7 @@ def load_sem_seg_split(dataset_name: str, root: str, split: str, root_hint: str 
     """
     hint = f" (configured by {root_hint})" if root_hint else ""
     if not os.path.isdir(root):
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"Dataset {dataset_name!r}: root folder {root!r} does not exist{hint}. See datasets/README.md."
         )
     nested = os.path.join(root, "ADEChallengeData2016")
@@ -90,23 +129,25 @@ def load_sem_seg_split(dataset_name: str, root: str, split: str, root_hint: str 
     gt_dir = os.path.join(root, "annotations_detectron2", split)
     for d in (image_dir, gt_dir):
         if not os.path.isdir(d):
-            raise FileNotFoundError(f"Dataset {dataset_name!r}: folder {d!r} is missing{hint}. See datasets/README.md.")
+            raise UserFileNotFoundError(f"Dataset {dataset_name!r}: folder {d!r} is missing{hint}. See "
+                                        "datasets/README.md.")
     images = _stems(image_dir, IMAGE_EXTS)
     gts = _stems(gt_dir, (".png",))
     if not gts:
-        raise FileNotFoundError(f"Dataset {dataset_name!r}: no .png annotations in {gt_dir!r}")
+        raise UserFileNotFoundError(f"Dataset {dataset_name!r}: no .png annotations in {gt_dir!r}")
     no_gt = sorted(set(images) - set(gts))
     no_img = sorted(set(gts) - set(images))
     if no_gt or no_img:
-        raise ValueError(
+        raise UserValueError(
             f"Dataset {dataset_name!r}: images and annotations do not match: "
             f"{len(no_gt)} image(s) without annotation in {gt_dir} (e.g. {no_gt[:3]}), "
-            f"{len(no_img)} annotation(s) without image in {image_dir} (e.g. {no_img[:3]})"
+            f"{len(no_img)} annotation(s) without image in {image_dir} (e.g. {no_img[:3]})",
+            hint=f"each image needs its annotation <stem>.png in {gt_dir} (same file stem): add the missing ones or "
+                 "move the unpaired files out of the dataset",
         )
-    return [
-        {"file_name": images[s], "sem_seg_file_name": gts[s], "image_id": s}
-        for s in sorted(images)
-    ]
+    dicts = [{"file_name": images[s], "sem_seg_file_name": gts[s], "image_id": s} for s in sorted(images)]
+    report_exif_orientations(dataset_name, [d["file_name"] for d in dicts])
+    return dicts
 
 
 def register_sem_seg_split(

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rass.data.dataset_mappers.io import read_image_checked
+from rass.utils.errors import UserFileNotFoundError, UserValueError
+from rass.utils.image_io import read_image_checked
 from rass.utils.inputs import files_by_stem
 from rass.utils.io import sha256_file, write_bytes_atomic
 
@@ -156,7 +157,7 @@ def _pairs(images_dir: str, ann_dir: str, out_images: str, out_ann: str, split: 
     """Match images and annotations by stem; one-sided files go to the report."""
     for d, what in ((images_dir, "image"), (ann_dir, "annotation")):
         if not os.path.isdir(d):
-            raise FileNotFoundError(f"Input {what} folder not found: {d}")
+            raise UserFileNotFoundError(f"Input {what} folder not found: {d}")
     same = os.path.realpath(images_dir) == os.path.realpath(ann_dir)  # one folder: .png = masks, others = images
     images = files_by_stem(images_dir, tuple(e for e in IMAGE_EXTS if not (same and e == ".png")))
     anns = files_by_stem(ann_dir, (".png",))
@@ -182,6 +183,25 @@ def _load_manifest(path: str) -> Dict[Tuple[str, str], Dict[str, Any]]:
     return entries
 
 
+MAX_LISTED = 6  # differing settings named when a folder written with other settings is refused
+_MISSING = object()  # a setting one side does not have
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> List[Tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` of every leaf that differs between two JSON values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(k, _MISSING), new.get(k, _MISSING), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [(prefix[:-1], old, new)]
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = "(absent)" if value is _MISSING else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_run_info(out: str, info: Dict[str, Any]) -> None:
     path = os.path.join(out, RUN_INFO)
     if os.path.exists(path):
@@ -189,12 +209,15 @@ def _check_run_info(out: str, info: Dict[str, Any]) -> None:
             old = json.load(f)
         old.setdefault("options", dict(_DEFAULT_OPTIONS))  # folders written before the options existed
         old.setdefault("layout", "ade20k")
-        for key in ("engine", "seed", "spec", "options", "layout"):  # what determines the bytes and files
-            if old.get(key) != info[key]:
-                raise ValueError(
-                    f"{path} was written with {key}={old.get(key)!r}, this run has {info[key]!r}; "
-                    "use another --output folder or the same settings"
-                )
+        keys = ("engine", "seed", "spec", "options", "layout")  # what determines the bytes and files
+        differ = _differences({k: old.get(k) for k in keys}, {k: info[k] for k in keys})
+        if differ:
+            shown = ", ".join(f"{k}={_short(a)} (folder) vs {_short(b)} (this run)" for k, a, b in differ[:MAX_LISTED])
+            more = f" and {len(differ) - MAX_LISTED} more" if len(differ) > MAX_LISTED else ""
+            presets = (f"preset {old.get('preset')!r} in both" if old.get("preset") == info["preset"]
+                       else f"preset {old.get('preset')!r}, this run {info['preset']!r}")
+            raise UserValueError(f"{path} was written with other settings ({presets}): {shown}{more}",
+                                 hint="use another --output folder or the same settings")
     else:
         write_bytes_atomic(path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
@@ -240,12 +263,12 @@ def degrade_tree(
         A `DegradeReport`; `failures` / `skipped_inputs` name every input left out and why.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"Unknown layout {layout!r}; expected one of {LAYOUTS}")
+        raise UserValueError(f"Unknown layout {layout!r}; expected one of {LAYOUTS}")
     if final_size is not None and (layout != "image_mask" or int(final_size) < 1):
-        raise ValueError(f"final_size={final_size!r} needs layout 'image_mask' and a positive size "
-                         "(ADE20K-format annotations must keep the image size)")
+        raise UserValueError(f"final_size={final_size!r} needs layout 'image_mask' and a positive size "
+                             "(ADE20K-format annotations must keep the image size)")
     if os.path.realpath(input_root) == os.path.realpath(output_root):
-        raise ValueError(f"The output folder must differ from the input folder ({input_root})")
+        raise UserValueError(f"The output folder must differ from the input folder ({input_root})")
     overrides = dict(overrides or {})
     spec = get_spec(preset, **overrides)
     engine = Degradation(spec, seed=0, jpeg_backend=jpeg_backend)

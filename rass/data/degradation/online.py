@@ -7,7 +7,9 @@ degrading, so padding is never degraded — and leaves labels alone.
 
 Seeds: pass `seeds` (one per image) for reproducible per-image results. Without them, seeds come
 from a per-process generator seeded from (SEED, distributed rank, data-loader worker id), created
-lazily in the process that calls it; SEED < 0 seeds it from the operating system's entropy.
+lazily in the process that calls it (the semantic mapper uses it with DEVICE "worker"; nothing is
+drawn from the global RNGs); SEED < 0 seeds it from the operating system's entropy. The stream
+starts again with every run, a resumed one included (as detectron2's training sampler does).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
+
+from rass.utils.errors import UserKeyError, UserValueError
 
 from .pipeline import Degradation
 from .presets import get_spec, spec_field_names
@@ -71,7 +75,7 @@ class OnlineDegradation:
         overrides: Optional[Dict[str, Any]] = None,
     ):
         if device not in DEGRADATION_DEVICES:
-            raise ValueError(f"INPUT.DEGRADATION.DEVICE must be one of {DEGRADATION_DEVICES}, got {device!r}")
+            raise UserValueError(f"INPUT.DEGRADATION.DEVICE must be one of {DEGRADATION_DEVICES}, got {device!r}")
         self.enabled = bool(enabled)
         self.device = device
         self.keep_clean = bool(keep_clean)
@@ -89,7 +93,8 @@ class OnlineDegradation:
         for key, value in d.PARAMS.items():
             name = key.lower()
             if name not in spec_field_names():
-                raise KeyError(f"INPUT.DEGRADATION.PARAMS.{key} is not a degradation value; valid: {sorted(n.upper() for n in spec_field_names())}")
+                raise UserKeyError(f"INPUT.DEGRADATION.PARAMS.{key} is not a degradation value; valid: "
+                                   f"{sorted(n.upper() for n in spec_field_names())}")
             if value is not None:
                 overrides[name] = value
         return {

@@ -21,6 +21,8 @@ import dataclasses
 import math
 from typing import Any, Dict, Optional, Tuple
 
+from rass.utils.errors import UserValueError
+
 from .kernels import KERNEL_TYPES
 
 __all__ = ["DegradationSpec", "PRESETS", "get_spec", "spec_field_names"]
@@ -125,26 +127,26 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         default = default if default is not None else (1.0,)
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"Degradation value {name!r} must be a list, got {value!r}")
+            raise UserValueError(f"Degradation value {name!r} must be a list, got {value!r}")
         if default and isinstance(default[0], str):
             return tuple(str(v) for v in value)
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
-            raise ValueError(f"Degradation value {name!r} must be a list of numbers, got {value!r}")
+            raise UserValueError(f"Degradation value {name!r} must be a list of numbers, got {value!r}")
         if name in _INT_TUPLES:
             if any(float(v) != int(v) for v in value):
-                raise ValueError(f"Degradation value {name!r} must be a list of integers, got {value!r}")
+                raise UserValueError(f"Degradation value {name!r} must be a list of integers, got {value!r}")
             return tuple(int(v) for v in value)
         return tuple(float(v) for v in value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"Degradation value {name!r} must be a number, got {value!r}")
+        raise UserValueError(f"Degradation value {name!r} must be a number, got {value!r}")
     if isinstance(default, int) and float(value) != int(value):
-        raise ValueError(f"Degradation value {name!r} must be an integer, got {value!r}")
+        raise UserValueError(f"Degradation value {name!r} must be an integer, got {value!r}")
     return type(default)(value)
 
 
 def _validate(spec: DegradationSpec) -> None:
     def fail(name: str, msg: str) -> None:
-        raise ValueError(f"Degradation value {name}={getattr(spec, name)!r}: {msg}")
+        raise UserValueError(f"Degradation value {name}={getattr(spec, name)!r}: {msg}")
 
     if spec.scale < 1:
         fail("scale", "expected an integer >= 1")
@@ -207,12 +209,12 @@ def get_spec(preset: str, **overrides: Any) -> DegradationSpec:
         The `DegradationSpec`.
     """
     if preset not in PRESETS:
-        raise ValueError(f"Unknown degradation preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise UserValueError(f"Unknown degradation preset {preset!r}; expected one of {sorted(PRESETS)}")
     base = PRESETS[preset]
     names = spec_field_names()
     unknown = sorted(set(overrides) - set(names))
     if unknown:
-        raise ValueError(f"Unknown degradation value(s) {unknown}; valid names: {list(names)}")
+        raise UserValueError(f"Unknown degradation value(s) {unknown}; valid names: {list(names)}")
     values = {k: _coerce(k, v, getattr(base, k)) for k, v in overrides.items()}
     spec = dataclasses.replace(base, **values)
     _validate(spec)

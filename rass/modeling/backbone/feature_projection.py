@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from detectron2.modeling.backbone.resnet import BottleneckBlock, ResNet
 from torch import nn
 
+from rass.utils.errors import UserValueError
+
 __all__ = ["FeatureProjection"]
 
 
@@ -41,11 +43,12 @@ class FeatureProjection(nn.Module):
         super().__init__()
         n = len(feature_dims)
         if len(feature_strides) != n:
-            raise ValueError(f"MODEL.FEATURE_PROJECTION: {n} FEATURE_DIMS but {len(feature_strides)} FEATURE_STRIDES")
+            raise UserValueError(f"MODEL.FEATURE_PROJECTION: {n} FEATURE_DIMS but {len(feature_strides)} "
+                                 "FEATURE_STRIDES")
         flat = sorted(i for g in grouped_indices for i in g)
         if flat != list(range(n)):
-            raise ValueError(f"MODEL.FEATURE_PROJECTION.GROUPED_INDICES={list(map(list, grouped_indices))} must use "
-                             f"each of the {n} feature indices exactly once")
+            raise UserValueError(f"MODEL.FEATURE_PROJECTION.GROUPED_INDICES={list(map(list, grouped_indices))} must "
+                                 f"use each of the {n} feature indices exactly once")
         self.feature_dims = list(feature_dims)
         self.blocks = nn.ModuleList(
             nn.Sequential(*ResNet.make_stage(BottleneckBlock, num_blocks, in_channels=c, out_channels=projection_dim,
@@ -57,7 +60,7 @@ class FeatureProjection(nn.Module):
             for i in group:
                 s = min(max(int(feature_strides[i]), min_stride), max_stride)
                 if s & (s - 1):
-                    raise ValueError(f"MODEL.FEATURE_PROJECTION.FEATURE_STRIDES[{i}]={s} is not a power of two")
+                    raise UserValueError(f"MODEL.FEATURE_PROJECTION.FEATURE_STRIDES[{i}]={s} is not a power of two")
                 by_stride[s].append(i)
         self.groups: Dict[str, Tuple[int, List[int]]] = {}
         for s in sorted(by_stride):
@@ -66,8 +69,8 @@ class FeatureProjection(nn.Module):
                 self.groups[name] = (s, by_stride[s])
         unknown = [f for f in out_features if f not in self.groups]
         if unknown:
-            raise ValueError(f"MODEL.FEATURE_PROJECTION.OUT_FEATURES {unknown} match no stride; the strides give "
-                             f"{[f'res{int(math.log2(s))}' for s in sorted(by_stride)]}")
+            raise UserValueError(f"MODEL.FEATURE_PROJECTION.OUT_FEATURES {unknown} match no stride; the strides give "
+                                 f"{[f'res{int(math.log2(s))}' for s in sorted(by_stride)]}")
         self.projection_dim = projection_dim
 
     def output_shapes(self) -> Dict[str, Tuple[int, int]]:
@@ -91,8 +94,8 @@ class FeatureProjection(nn.Module):
             for i in indices:
                 f = features[i]
                 if f.shape[1] != self.feature_dims[i]:
-                    raise ValueError(f"feature {i} has {f.shape[1]} channels, MODEL.FEATURE_PROJECTION.FEATURE_DIMS "
-                                     f"says {self.feature_dims[i]}")
+                    raise UserValueError(f"feature {i} has {f.shape[1]} channels, "
+                                         f"MODEL.FEATURE_PROJECTION.FEATURE_DIMS says {self.feature_dims[i]}")
                 weight = self.blocks[i][0].conv1.weight
                 f = F.interpolate(f.to(weight.dtype), size=(h // s, w // s), mode="nearest")
                 y = self.blocks[i](f)

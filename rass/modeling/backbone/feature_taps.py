@@ -11,6 +11,8 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from rass.utils.errors import UserValueError
+
 __all__ = ["capture_outputs", "resolve_taps", "tap_shape"]
 
 
@@ -29,7 +31,7 @@ def resolve_taps(root: nn.Module, paths: Sequence[str]) -> Dict[str, nn.Module]:
         try:
             found[path] = root.get_submodule(path)
         except AttributeError as e:
-            raise ValueError(f"MODEL.RASS.FEATURE_TAPS: no module {path!r} in the backbone ({e})") from e
+            raise UserValueError(f"MODEL.RASS.FEATURE_TAPS: no module {path!r} in the backbone ({e})") from e
     return found
 
 

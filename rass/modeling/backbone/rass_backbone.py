@@ -13,6 +13,15 @@ their stride are resized (nearest) to floor(H / stride) x floor(W / stride), as 
   4. `FeatureProjection` maps the six taps to res2..res5 (512 channels each).
 At test time the features are computed in sliding windows (see `sliding_window.py`).
 
+Posterior samples (MODEL.RASS.LATENT "sample") come from two generators, never the global RNG:
+- training: a generator per training forward, seeded from (MODEL.RASS.SEED, process rank, trainer
+  iteration, call index within that iteration) — ranks draw different noise, an evaluation in between
+  changes nothing, and a resumed run (whose iteration is restored) draws exactly what an
+  uninterrupted run would have drawn. Outside a trainer the iteration is the number of training
+  forwards of this module;
+- evaluation: re-seeded from MODEL.RASS.SEED alone at every forward (the same image gives the same
+  features whatever the rank or the images before it).
+
 Module tree (state-dict prefixes): `vae`, `unet`, `text_encoder`, `tagger`, `projection`.
 `rass.checkpoint.release_to_project_keys` maps the release's names onto it.
 """
@@ -25,12 +34,16 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from rass.data.degradation.online import derive_seed
 from rass.modeling.diffusion.lora import (
     TRAINABLE_ADAPTER, add_trainable_lora, merge_osediff_lora, read_osediff_lora, select_lora_targets)
 from rass.modeling.diffusion.sd_components import SDParts, build_sd_parts
 from rass.modeling.tagging import build_tagger
+from rass.utils.errors import UserValueError
 
 from .feature_projection import FeatureProjection
 from .feature_taps import capture_outputs, resolve_taps, tap_shape
@@ -53,16 +66,16 @@ def _infer(parts: SDParts, taps: Sequence[str], given: Sequence[int], what: str,
     if not given:
         unknown = [t for t, s in zip(taps, inferred) if s is None]
         if unknown:
-            raise ValueError(f"MODEL.FEATURE_PROJECTION.{what} is empty and cannot be inferred for taps {unknown}; "
-                             "give it explicitly")
+            raise UserValueError(f"MODEL.FEATURE_PROJECTION.{what} is empty and cannot be inferred for taps {unknown}; "
+                                 "give it explicitly")
         return [s[index] for s in inferred]
     if len(given) != len(taps):
-        raise ValueError(f"MODEL.FEATURE_PROJECTION.{what} has {len(given)} entries for {len(taps)} "
-                         f"MODEL.RASS.FEATURE_TAPS {list(taps)}")
+        raise UserValueError(f"MODEL.FEATURE_PROJECTION.{what} has {len(given)} entries for {len(taps)} "
+                             f"MODEL.RASS.FEATURE_TAPS {list(taps)}")
     for i, (t, g, s) in enumerate(zip(taps, given, inferred)):
         if s is not None and int(g) != s[index]:
-            raise ValueError(f"MODEL.FEATURE_PROJECTION.{what}[{i}]={g} but tap {t!r} of this architecture has "
-                             f"{s[index]}; set it to {s[index]} or leave {what} empty to infer it")
+            raise UserValueError(f"MODEL.FEATURE_PROJECTION.{what}[{i}]={g} but tap {t!r} of this architecture has "
+                                 f"{s[index]}; set it to {s[index]} or leave {what} empty to infer it")
     return [int(g) for g in given]
 
 
@@ -81,7 +94,8 @@ class RASS(Backbone):
         feature_taps: module paths (inside this backbone) whose outputs are the projected features.
         timestep: UNet timestep.
         latent: "sample" or "mean" of the VAE posterior.
-        seed: seed of the posterior-sampling generator (re-seeded at each forward in eval mode).
+        seed: seed of the posterior samples (see the module docstring: mixed with rank and
+            iteration in training, alone at every forward in eval mode).
         tagger_input: "clean_train_lq_test" or "lq".
         prompt_cache: the text-embedding cache.
         sliding_window: (enabled, size, stride, batch_size) for eval mode.
@@ -98,9 +112,9 @@ class RASS(Backbone):
                  gradient_checkpointing: bool = False, tagger_name: str = "none") -> None:
         super().__init__()
         if latent not in ("sample", "mean"):
-            raise ValueError(f"MODEL.RASS.LATENT must be 'sample' or 'mean', got {latent!r}")
+            raise UserValueError(f"MODEL.RASS.LATENT must be 'sample' or 'mean', got {latent!r}")
         if tagger_input not in TAGGER_INPUTS:
-            raise ValueError(f"MODEL.TAGGER.INPUT must be one of {TAGGER_INPUTS}, got {tagger_input!r}")
+            raise UserValueError(f"MODEL.TAGGER.INPUT must be one of {TAGGER_INPUTS}, got {tagger_input!r}")
         self.vae = parts.vae
         self.unet = parts.unet
         self.text_encoder = parts.text_encoder
@@ -117,7 +131,9 @@ class RASS(Backbone):
         # (an empty cache is falsy: test for None, or the configured size/suffix would be replaced)
         self.prompt_cache = PromptEmbeddingCache() if prompt_cache is None else prompt_cache
         self.sliding_window_enabled, self.window_size, self.window_stride, self.window_batch = sliding_window
-        self._generator: Optional[torch.Generator] = None
+        self._eval_generator: Optional[torch.Generator] = None
+        self._train_calls = 0  # training forwards outside a trainer (no EventStorage)
+        self._train_step: Optional[tuple] = None  # (iteration, call index) of the last training draw
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self._set_trainable(train_conv_in)
@@ -235,12 +251,33 @@ class RASS(Backbone):
         """Cached CLIP embeddings of the prompts (B x 77 x D)."""
         return self.prompt_cache.encode(prompts, self.tokenizer, self.text_encoder)
 
+    def _training_step(self) -> tuple:
+        """(iteration, call index within it) of this training draw: the trainer's iteration (restored
+        on resume); outside a trainer, the number of earlier training draws."""
+        try:
+            iteration = int(get_event_storage().iter)
+        except AssertionError:  # no EventStorage: not inside a trainer
+            iteration = self._train_calls
+        self._train_calls += 1
+        last = self._train_step
+        self._train_step = (iteration, last[1] + 1 if last is not None and last[0] == iteration else 0)
+        return self._train_step
+
     def _posterior_generator(self, device: torch.device) -> Optional[torch.Generator]:
+        """The generator of the next posterior sample (see the module docstring)."""
         if device.type == "meta":  # shape-only runs: nothing to draw
             return None
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generator
+        if self.training:
+            iteration, call = self._training_step()
+            if self._train_calls == 1:  # once, at the first training draw
+                logger.info("RASS backbone: training posterior samples seeded from (MODEL.RASS.SEED=%d, rank %d, "
+                            "iteration %d, ...): every iteration has its own seed, so a resumed run continues the "
+                            "stream of an uninterrupted one", self.seed, comm.get_rank(), iteration)
+            seed = derive_seed("rass-posterior", self.seed, comm.get_rank(), iteration, call)
+            return torch.Generator(device=device).manual_seed(seed)
+        if self._eval_generator is None or self._eval_generator.device != device:
+            self._eval_generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._eval_generator
 
     def extract(self, images: torch.Tensor, cond: torch.Tensor) -> Dict[str, torch.Tensor]:
         """One pass on whole images: VAE encoder + UNet with taps, then the projection.
@@ -280,15 +317,15 @@ class RASS(Backbone):
         h, w = images.shape[-2:]
         align = MIN_DIVISIBILITY
         if h % align or w % align:
-            raise ValueError(f"RASS backbone input {h}x{w} is not a multiple of {align} (the VAE's down-sampling "
-                             f"factor); pad it, e.g. MODEL.MASK_FORMER.SIZE_DIVISIBILITY {align} (as released)")
+            raise UserValueError(f"RASS backbone input {h}x{w} is not a multiple of {align} (the VAE's down-sampling "
+                                 f"factor); pad it, e.g. MODEL.MASK_FORMER.SIZE_DIVISIBILITY {align} (as released)")
         if prompts is None:
             prompts = self.prompts_for(images, clean_images)
         if len(prompts) != images.shape[0]:
             raise ValueError(f"got {len(prompts)} prompts for {images.shape[0]} images")
         cond = self.text_embeddings(prompts)
         if not self.training:
-            self._generator = None  # eval: every forward starts from MODEL.RASS.SEED (reproducible)
+            self._eval_generator = None  # eval: every forward starts from MODEL.RASS.SEED (reproducible)
         if self.training or not self.sliding_window_enabled:
             return self.extract(images, cond)
         return sliding_window_features(self.extract, images, cond, self._out_feature_strides, self.window_size,

@@ -18,6 +18,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
+from rass.utils.errors import UserValueError
+
 __all__ = ["window_boxes", "sliding_window_features"]
 
 Box = Tuple[int, int, int, int]
@@ -77,8 +79,8 @@ def sliding_window_features(
     step = side if stride <= 0 else stride
     for key, v in (("SIZE", side), ("STRIDE", step)):
         if v % align:
-            raise ValueError(f"MODEL.RASS.SLIDING_WINDOW.{key}: {v} is not a multiple of {align} "
-                             f"(input {h}x{w}; window sides and steps must be multiples of {align})")
+            raise UserValueError(f"MODEL.RASS.SLIDING_WINDOW.{key}: {v} is not a multiple of {align} "
+                                 f"(input {h}x{w}; window sides and steps must be multiples of {align})")
     boxes = window_boxes(h, w, side, step)
     jobs = [(i, box) for i in range(b) for box in boxes]
     out: Dict[str, torch.Tensor] = {}

@@ -25,15 +25,19 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 from diffusers.utils.state_dict_utils import (
     StateDictType, convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft)
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
+from rass.utils.errors import UserFileNotFoundError, UserValueError
 from rass.utils.io import atomic_open
+
+from .lora import set_lora_merged
 
 __all__ = ["LoRALoadReport", "lora_state_dict", "canonical_lora_key", "canonical_lora_state", "read_lora_file",
            "load_lora_state_dict", "write_lora_file"]
 
+_EXPECTED = ("a diffusers LoRA file such as pytorch_lora_weights.safetensors (or a torch.save'd dict of "
+             "LoRA tensors)")
 # A canonical LoRA key: "<module>.lora_A.weight" or "<module>.lora_B.weight".
 _CANONICAL = re.compile(r"^(?P<module>.+)\.(?P<ab>lora_[AB])\.weight$")
 # A peft key with an adapter name: "<module>.lora_A.<adapter>.weight".
@@ -116,16 +120,13 @@ def read_lora_file(path: str, key: str = "LORA_PATH") -> Dict[str, torch.Tensor]
     Returns:
         Canonical key -> tensor, in file order.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{key}: {path!r} does not exist; expected a diffusers LoRA file such as "
-                                "pytorch_lora_weights.safetensors")
-    try:
-        if path.endswith(".safetensors"):
-            raw = load_file(path)
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as e:
-        raise ValueError(f"{key}: {path!r} is not a readable LoRA file ({type(e).__name__}: {e})") from None
+    from rass.checkpoint.files import read_checkpoint_file
+
+    if not os.path.exists(path):
+        raise UserFileNotFoundError(f"{key}: {path!r} does not exist; expected {_EXPECTED}")
+    # any read failure (a text file, a truncated download, ...) is one error naming the file and what it is
+    raw = read_checkpoint_file(path, key=key, loader=load_file if path.endswith(".safetensors") else None,
+                               expected=_EXPECTED)
     return canonical_lora_state(raw, source=path)
 
 
@@ -137,7 +138,7 @@ def canonical_lora_state(raw: object, source: str = "<dict>") -> Dict[str, torch
         source: named in error messages.
     """
     if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise ValueError(f"{source}: expected a mapping of names to tensors, got {type(raw).__name__}")
+        raise UserValueError(f"{source}: expected a mapping of names to tensors, got {type(raw).__name__}")
     out: Dict[str, torch.Tensor] = {}
     origin: Dict[str, str] = {}
     bad: List[str] = []
@@ -147,13 +148,14 @@ def canonical_lora_state(raw: object, source: str = "<dict>") -> Dict[str, torch
             bad.append(str(name))
             continue
         if k in out:
-            raise ValueError(f"{source}: {name!r} and {origin[k]!r} are the same LoRA tensor ({k!r}) in two key styles")
+            raise UserValueError(f"{source}: {name!r} and {origin[k]!r} are the same LoRA tensor ({k!r}) in two key "
+                                 "styles")
         out[k], origin[k] = value, str(name)
     if bad:
-        raise ValueError(f"{source}: {len(bad)} entries are not LoRA matrices (expected names ending in "
-                         f"lora.down/lora.up/lora_A/lora_B[.<adapter>].weight), e.g. {bad[:5]}")
+        raise UserValueError(f"{source}: {len(bad)} entries are not LoRA matrices (expected names ending in "
+                             f"lora.down/lora.up/lora_A/lora_B[.<adapter>].weight), e.g. {bad[:5]}")
     if not out:
-        raise ValueError(f"{source}: holds no LoRA tensors")
+        raise UserValueError(f"{source}: holds no LoRA tensors")
     return out
 
 
@@ -177,12 +179,13 @@ def _describe_mismatches(mismatched: List[Tuple[str, tuple, tuple]], limit: int 
 def _hints(mismatched: List[Tuple[str, tuple, tuple]], state: Mapping[str, torch.Tensor],
            params: Mapping[str, torch.Tensor]) -> List[str]:
     hints = []
-    cross = [(got, want) for name, got, want in mismatched if _kind(name).endswith("attn2.to_k.lora_A")]
+    cross = [(got, want) for name, got, want in mismatched
+             if _kind(name).endswith("attn2.to_k.lora_A") and got[-1] != want[-1]]
     if cross:
         got, want = cross[0]
-        names = {768: "SD-1.x", 1024: "SD-2.x"}
-        hints.append(f"the file was trained for cross-attention dim {got[-1]} ({names.get(got[-1], '?')}), this UNet "
-                     f"has {want[-1]} ({names.get(want[-1], '?')}): use the matching SD folder / ARCH")
+        names = {768: " (SD-1.x)", 1024: " (SD-2.x)"}
+        hints.append(f"the file was trained for cross-attention dim {got[-1]}{names.get(got[-1], '')}, this UNet "
+                     f"has {want[-1]}{names.get(want[-1], '')}: use the matching SD folder / ARCH")
     a_keys = [k for k in params if k.endswith("lora_A.weight") and k in state]
     if a_keys:
         file_rank, model_rank = state[a_keys[0]].shape[0], params[a_keys[0]].shape[0]
@@ -208,7 +211,7 @@ def load_lora_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], ad
     state = canonical_lora_state(state, source)
     params = _model_lora_params(model, adapter_name)
     if not params:
-        raise ValueError(f"{source}: the {type(model).__name__} has no LoRA adapter {adapter_name!r} to load into")
+        raise UserValueError(f"{source}: the {type(model).__name__} has no LoRA adapter {adapter_name!r} to load into")
     missing = [k for k in params if k not in state]
     unexpected = [k for k in state if k not in params]
     mismatched = [(k, tuple(state[k].shape), tuple(p.shape)) for k, p in params.items()
@@ -223,7 +226,8 @@ def load_lora_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], ad
         if unexpected:
             msg.append(f"{len(unexpected)} unexpected, e.g. {unexpected[:5]}")
         msg += [f"hint: {h}" for h in _hints(mismatched, state, params)]
-        raise ValueError("\n".join(msg))
+        raise UserValueError("\n".join(msg))
+    set_lora_merged(model, False)  # a merged layer's base weight holds the old LoRA product: take it out first
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(state[k].to(device=p.device, dtype=p.dtype))

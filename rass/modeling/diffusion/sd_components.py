@@ -19,6 +19,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from rass.utils.errors import UserFileNotFoundError, UserValueError
+
 from .clip_tokenizer import tiny_clip_tokenizer
 
 __all__ = ["SDParts", "build_sd_parts", "packaged_arch_dir", "check_sd_folder", "DTYPES", "arch_config",
@@ -63,16 +65,16 @@ def check_sd_folder(path: str, parts: Sequence[str] = tuple(_EXPECTED), key: str
     """
     layout = _expected_layout(parts)
     if not os.path.isdir(path):
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{key}: folder {path!r} does not exist; expected a Stable Diffusion folder in diffusers layout "
             f"with {layout}")
     for sub in parts:
         required, alternatives = _EXPECTED[sub]
         folder = os.path.join(path, sub)
         if not os.path.isfile(os.path.join(folder, required)):
-            raise FileNotFoundError(f"{key}={path!r}: missing {sub}/{required}; expected {layout}")
+            raise UserFileNotFoundError(f"{key}={path!r}: missing {sub}/{required}; expected {layout}")
         if not any(os.path.isfile(os.path.join(folder, a)) for a in alternatives):
-            raise FileNotFoundError(f"{key}={path!r}: {sub}/ has none of {list(alternatives)}; expected {layout}")
+            raise UserFileNotFoundError(f"{key}={path!r}: {sub}/ has none of {list(alternatives)}; expected {layout}")
 
 
 def packaged_arch_dir(arch: str, key: str = "MODEL.RASS.ARCH") -> str:
@@ -86,7 +88,7 @@ def packaged_arch_dir(arch: str, key: str = "MODEL.RASS.ARCH") -> str:
     missing = [f for f in ("unet.json", "vae.json", "text_encoder.json") if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         known = sorted(d for d in os.listdir(CONFIG_ROOT) if os.path.isdir(os.path.join(CONFIG_ROOT, d)))
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{key}={arch!r}: {folder!r} lacks {missing}; use one of {known} or a folder holding "
             "unet.json, vae.json and text_encoder.json")
     return folder
@@ -116,7 +118,7 @@ def build_sd_parts(sd_path: str = "", arch: str = "sd21_base", device: str | tor
         The parts, UNet attention set to PyTorch scaled-dot-product attention.
     """
     if frozen_dtype not in DTYPES:
-        raise ValueError(f"MODEL.RASS.FROZEN_DTYPE: {frozen_dtype!r} is not one of {sorted(DTYPES)}")
+        raise UserValueError(f"MODEL.RASS.FROZEN_DTYPE: {frozen_dtype!r} is not one of {sorted(DTYPES)}")
     device = torch.device(device)
     on_meta = device.type == "meta"
     if sd_path:
@@ -222,8 +224,8 @@ def build_text_parts(sd_path: str = "", arch: str = "sd21_base", device: str | t
         with torch.device(device if device.type == "meta" else "cpu"):
             text_encoder = CLIPTextModel(_text_config(arch_config(sd_path, arch, "text_encoder", key)))
     if len(tokenizer) > text_encoder.config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the text encoder's vocab_size is "
-                         f"{text_encoder.config.vocab_size}")
+        raise UserValueError(f"tokenizer has {len(tokenizer)} tokens but the text encoder's vocab_size is "
+                             f"{text_encoder.config.vocab_size}")
     return tokenizer, text_encoder
 
 

@@ -17,6 +17,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from rass.modeling.diffusion.sd_components import build_unet
+from rass.utils.errors import UserValueError
 
 __all__ = ["GLESAM_ARCHS", "expand_unet_channels", "build_cre_unet"]
 
@@ -37,7 +38,7 @@ def expand_unet_channels(unet: UNet2DConditionModel, channels: int) -> UNet2DCon
         The CRE UNet, on the device of `unet` (meta stays meta).
     """
     if channels <= 0:
-        raise ValueError(f"MODEL.GLESAM.LATENT_CHANNELS must be > 0, got {channels}")
+        raise UserValueError(f"MODEL.GLESAM.LATENT_CHANNELS must be > 0, got {channels}")
     c_in, c_out = int(unet.config.in_channels), int(unet.config.out_channels)
     state = unet.state_dict()
     device = state["conv_in.weight"].device

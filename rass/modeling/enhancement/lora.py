@@ -13,7 +13,7 @@ from typing import Dict, Mapping, Sequence, Union
 import torch
 from torch import nn
 
-from rass.modeling.diffusion.lora import add_trainable_lora, match_lora_targets
+from rass.modeling.diffusion.lora import add_trainable_lora, match_lora_targets, set_lora_merged
 from rass.modeling.diffusion.lora_files import (
     LoRALoadReport, canonical_lora_state, load_lora_state_dict, lora_state_dict, read_lora_file, write_lora_file)
 
@@ -68,6 +68,7 @@ def load_glesam_lora(unet: nn.Module, path_or_state: Union[str, Mapping[str, tor
     Returns:
         The load report (raises `ValueError` naming mismatching tensors and both shapes).
     """
+    set_lora_merged(unet, False)  # new LoRA values must not meet a delta merged from the old ones
     if isinstance(path_or_state, str):
         state, source = read_glesam_lora(path_or_state), path_or_state
     else:

@@ -34,6 +34,7 @@ from torch import nn
 from rass.modeling.enhancement.dmd import DistributionMatchingLoss
 from rass.modeling.enhancement.lora import GLESAM_ADAPTER
 from rass.modeling.enhancement.losses import reconstruction_loss, release_mask_target, segmentation_loss
+from rass.utils.errors import UserValueError
 
 __all__ = ["STAGES", "STAGE1_LOSSES", "select_trainable", "stage1_paper_loss", "stage2_loss",
            "build_release_guidance", "stage1_release_losses"]
@@ -58,20 +59,21 @@ def select_trainable(sam: nn.Module, enhancer: Optional[nn.Module], stage: str) 
         The names (relative to the model: "sam.*", "enhancer.*") of the trainable parameters.
     """
     if stage not in STAGES:
-        raise ValueError(f"MODEL.GLESAM.STAGE must be one of {STAGES}, got {stage!r}")
+        raise UserValueError(f"MODEL.GLESAM.STAGE must be one of {STAGES}, got {stage!r}")
     sam.requires_grad_(False)
     if enhancer is not None:
         enhancer.requires_grad_(False)
     names: List[str] = []
     if stage == "denoise":
         if enhancer is None:
-            raise ValueError("MODEL.GLESAM.STAGE 'denoise' trains the CRE UNet's LoRA: it needs MODEL.GLESAM.ENHANCE True")
+            raise UserValueError("MODEL.GLESAM.STAGE 'denoise' trains the CRE UNet's LoRA: it needs "
+                                 "MODEL.GLESAM.ENHANCE True")
         for n, p in enhancer.unet.named_parameters():
             if _is_lora(n):
                 p.requires_grad_(True)
                 names.append(f"enhancer.unet.{n}")
         if not names:
-            raise ValueError("MODEL.GLESAM.STAGE 'denoise': the CRE UNet has no LoRA parameters to train")
+            raise UserValueError("MODEL.GLESAM.STAGE 'denoise': the CRE UNet has no LoRA parameters to train")
     elif stage == "decoder":
         for n, p in sam.mask_decoder.named_parameters():
             if "iou" not in n:  # the release's rule (sam_joint.py): the IoU token and head stay frozen

@@ -24,6 +24,8 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
+from rass.utils.errors import UserValueError
+
 from ..criterion import SetCriterion
 
 __all__ = ["MaskFormer"]
@@ -76,7 +78,8 @@ class MaskFormer(nn.Module):
         self.size_divisibility = size_divisibility
         self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
         if len(pixel_mean) != len(pixel_std):
-            raise ValueError(f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} differ in length")
+            raise UserValueError(f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} differ in "
+                                 "length")
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         self.semantic_on = semantic_on
@@ -87,7 +90,7 @@ class MaskFormer(nn.Module):
     def from_config(cls, cfg) -> Dict:
         test = cfg.MODEL.MASK_FORMER.TEST
         if test.PANOPTIC_ON or test.INSTANCE_ON:
-            raise ValueError(
+            raise UserValueError(
                 "MaskFormer: only semantic segmentation is implemented; set MODEL.MASK_FORMER.TEST.PANOPTIC_ON "
                 "and MODEL.MASK_FORMER.TEST.INSTANCE_ON to False"
             )
@@ -189,7 +192,7 @@ class MaskFormer(nn.Module):
                 raise KeyError(f"MaskFormer: training input {i} has neither 'instances' nor 'sem_seg' (keys {sorted(x)})")
             bad = labels[(labels < 0) | (labels >= num_classes)]
             if bad.numel():
-                raise ValueError(
+                raise UserValueError(
                     f"MaskFormer: training input {i} ({x.get('file_name', '?')}) has label values {bad.tolist()} outside "
                     f"0..{num_classes - 1} (MODEL.SEM_SEG_HEAD.NUM_CLASSES) and != IGNORE_VALUE {ignore}"
                 )

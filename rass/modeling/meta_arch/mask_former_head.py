@@ -13,6 +13,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
+from rass.utils.errors import UserValueError
+
 from ..pixel_decoder.build import build_pixel_decoder
 from ..transformer_decoder.build import build_transformer_decoder
 
@@ -72,7 +74,7 @@ class MaskFormerHead(nn.Module):
         elif feature in input_shape:
             in_channels = input_shape[feature].channels
         else:
-            raise ValueError(
+            raise UserValueError(
                 f"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE={feature!r} is neither one of {_DECODER_OUTPUTS} "
                 f"nor a backbone output {sorted(input_shape)}"
             )
@@ -102,7 +104,8 @@ class MaskFormerHead(nn.Module):
             return self.predictor(multi_scale, mask_features, mask)
         if source == "transformer_encoder":
             if encoder_features is None:
-                raise ValueError("TRANSFORMER_IN_FEATURE='transformer_encoder' needs a pixel decoder with an encoder")
+                raise UserValueError("TRANSFORMER_IN_FEATURE='transformer_encoder' needs a pixel decoder with an "
+                                     "encoder")
             return self.predictor(encoder_features, mask_features, mask)
         if source == "pixel_embedding":
             return self.predictor(mask_features, mask_features, mask)

@@ -19,6 +19,12 @@ Input dicts (`rass.data.dataset_mappers.PromptableDatasetMapper`): "image" uint8
 and/or "boxes" [P, 4] xyxy, all in the image's pixel frame; optional "height", "width" (output
 size, default the image's). Output per image: "mask_logits" [P, H, W] float, "masks" [P, H, W] bool
 (logits > MODEL.SAM.MASK_THRESHOLD), "iou_pred" [P] (SAM's predicted IoU of the returned mask).
+With MODEL.SAM.RETURN_INTERMEDIATES (or `forward(..., return_intermediates=True)`) each output also has
+"intermediates", the tensors the outputs were computed from (see `decode` and `embedding_intermediates`):
+"z_low" (z_L, SAM's embedding of the input image, 1 x 256 x h x w), "z_enhanced" (ẑ, GleSAM only),
+"low_res_logits" [P, M, 4h, 4w] and "iou_predictions" [P, M] (the decoder's M = 3 or 1 masks), "chosen" [P]
+(the index of the returned mask), "multimask_logits" [P, 3, 4h, 4w] and "multimask_iou" [P, 3] (SAM's three
+multimask outputs, decoded once more when MULTIMASK_OUTPUT is off).
 
 Training (MODEL.GLESAM.STAGE "denoise" = GleSAM's stage 1, "decoder" = stage 2; see
 `glesam_training`): the input dicts of the "promptable" mapper (is_train=True) also carry "gt_mask";
@@ -41,7 +47,9 @@ from torch import nn
 from rass.checkpoint.sam_loader import load_sam_checkpoint
 from rass.data.degradation.online import derive_seed
 from rass.modeling.enhancement import LatentEnhancer
-from rass.modeling.sam import SamImageTransform, build_sam, embedding_shape, sam_image_embeddings, sam_predict
+from rass.modeling.sam import (
+    SamImageTransform, build_sam, embedding_shape, sam_image_embeddings, sam_predict, sam_variant)
+from rass.utils.errors import UserValueError
 
 from .glesam_training import (
     STAGE1_LOSSES, STAGES, build_release_guidance, select_trainable, stage1_paper_loss, stage1_release_losses,
@@ -71,6 +79,7 @@ class PromptableSAM(nn.Module):
         guidance: the release recipe's guidance model (`build_release_guidance`); required by it.
         gen_update_ratio: release recipe: the generator is updated every this many iterations.
         seed: base seed of the release recipe's random timesteps and noise (mixed with the rank).
+        return_intermediates: add "intermediates" to every inference output (see the module doc).
     """
 
     @configurable
@@ -78,31 +87,31 @@ class PromptableSAM(nn.Module):
                  multimask_output: bool = False, mask_threshold: float = 0.0, stage: str = "none",
                  stage1_loss: str = "paper", degradation: Optional[Callable] = None, dice_weight: float = 1.0,
                  focal_weight: float = 1.0, guidance: Optional[nn.Module] = None, gen_update_ratio: int = 5,
-                 seed: int = 0) -> None:
+                 seed: int = 0, return_intermediates: bool = False) -> None:
         super().__init__()
         channels = embedding_shape(sam)[0]
         if enhancer is not None and enhancer.channels != channels:
-            raise ValueError(f"MODEL.GLESAM.LATENT_CHANNELS is {enhancer.channels} but this SAM's image embedding "
-                             f"has {channels} channels")
+            raise UserValueError(f"MODEL.GLESAM.LATENT_CHANNELS is {enhancer.channels} but this SAM's image embedding "
+                                 f"has {channels} channels")
         if transform.target != int(sam.config.vision_config.image_size):
-            raise ValueError(f"MODEL.SAM.IMAGE_SIZE {transform.target} differs from the SAM model's input side "
-                             f"{sam.config.vision_config.image_size}")
+            raise UserValueError(f"MODEL.SAM.IMAGE_SIZE {transform.target} differs from the SAM model's input side "
+                                 f"{sam.config.vision_config.image_size}")
         self.sam = sam
         self.enhancer = enhancer
         self.transform = transform
         self.multimask_output = bool(multimask_output)
         self.mask_threshold = float(mask_threshold)
         if stage not in STAGES:
-            raise ValueError(f"MODEL.GLESAM.STAGE must be one of {STAGES}, got {stage!r}")
+            raise UserValueError(f"MODEL.GLESAM.STAGE must be one of {STAGES}, got {stage!r}")
         if stage1_loss not in STAGE1_LOSSES:
-            raise ValueError(f"MODEL.GLESAM.STAGE1_LOSS must be one of {STAGE1_LOSSES}, got {stage1_loss!r}")
+            raise UserValueError(f"MODEL.GLESAM.STAGE1_LOSS must be one of {STAGE1_LOSSES}, got {stage1_loss!r}")
         if stage == "denoise" and stage1_loss == "release" and guidance is None:
             raise ValueError("MODEL.GLESAM.STAGE1_LOSS 'release' needs the guidance model (build_release_guidance)")
         if int(gen_update_ratio) < 1:
-            raise ValueError(f"MODEL.GLESAM.GEN_UPDATE_RATIO must be >= 1, got {gen_update_ratio}")
+            raise UserValueError(f"MODEL.GLESAM.GEN_UPDATE_RATIO must be >= 1, got {gen_update_ratio}")
         if stage != "none" and degradation is None:
-            raise ValueError(f"MODEL.GLESAM.STAGE {stage!r} makes the low-quality training images on the model side: "
-                             "set INPUT.DEGRADATION.ENABLED True and INPUT.DEGRADATION.DEVICE 'model'")
+            raise UserValueError(f"MODEL.GLESAM.STAGE {stage!r} makes the low-quality training images on the model "
+                                 "side: set INPUT.DEGRADATION.ENABLED True and INPUT.DEGRADATION.DEVICE 'model'")
         self.stage = stage
         self.stage1_loss = stage1_loss
         # DDP: in the release recipe the generator's LoRA gets no gradient on guidance-only iterations
@@ -116,6 +125,7 @@ class PromptableSAM(nn.Module):
             self.trainable_names += [f"guidance.{n}" for n, p in self.guidance.named_parameters() if p.requires_grad]
         self.gen_update_ratio = int(gen_update_ratio)
         self.seed = int(seed)
+        self.return_intermediates = bool(return_intermediates)
         self._rng: Optional[torch.Generator] = None
         self._calls = 0
 
@@ -124,7 +134,13 @@ class PromptableSAM(nn.Module):
         s = cfg.MODEL.SAM
         meta = cfg.MODEL.DEVICE == "meta" or torch.get_default_device().type == "meta"
         device = torch.device("meta" if meta else "cpu")
-        sam = build_sam(s.VARIANT, s.IMAGE_SIZE, device)
+        variant = sam_variant(s.VARIANT, s.EMBED_DIM, s.DEPTH, s.NUM_HEADS, s.GLOBAL_ATTN_INDEXES, s.WINDOW_SIZE)
+        # A random SAM gets segment-anything's initialisation, seeded by one draw from torch's global RNG (the
+        # caller seeds or forks it). The draw is made with a checkpoint too (whose strict load replaces every
+        # tensor, so the init is skipped): the parts built next get the same random values either way.
+        init_seed = int(torch.randint(0, 2**62, (), device="cpu"))
+        sam = build_sam(variant, s.IMAGE_SIZE, device, init=not s.CHECKPOINT,
+                        generator=torch.Generator().manual_seed(init_seed))
         if s.CHECKPOINT and not meta:
             report = load_sam_checkpoint(sam, s.CHECKPOINT, base_path=s.BASE_CHECKPOINT)
             logger.info("%s", report)
@@ -159,6 +175,7 @@ class PromptableSAM(nn.Module):
             "guidance": guidance,
             "gen_update_ratio": g.GEN_UPDATE_RATIO,
             "seed": cfg.SEED,
+            "return_intermediates": s.RETURN_INTERMEDIATES,
         }
 
     @property
@@ -169,7 +186,8 @@ class PromptableSAM(nn.Module):
         """Plain SAM sharing this model's SAM (same weights, prompts and output rule; no enhancement),
         in eval mode, for comparing SAM and GleSAM."""
         return PromptableSAM(sam=self.sam, transform=self.transform, enhancer=None,
-                             multimask_output=self.multimask_output, mask_threshold=self.mask_threshold).eval()
+                             multimask_output=self.multimask_output, mask_threshold=self.mask_threshold,
+                             return_intermediates=self.return_intermediates).eval()
 
     def analysis_parts(self) -> Dict[str, List[str]]:
         """Parts reported by tools/analyze_model.py (names of child modules)."""
@@ -283,20 +301,38 @@ class PromptableSAM(nn.Module):
             masks.append(inp["gt_mask"].to(self.device))
         return stage2_loss(logits, masks, self.dice_weight, self.focal_weight)
 
-    def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
+    def forward(self, batched_inputs: List[Dict], return_intermediates: Optional[bool] = None) -> List[Dict]:
         """Masks for the prompts of each image (see the module doc for the dict keys); in training mode
-        the loss dict of MODEL.GLESAM.STAGE (`training_losses`)."""
+        the loss dict of MODEL.GLESAM.STAGE (`training_losses`).
+
+        Args:
+            batched_inputs: the input dicts (see the module doc).
+            return_intermediates: add "intermediates" to each output; None: MODEL.SAM.RETURN_INTERMEDIATES.
+        """
         if self.training:
             if self.stage == "none":
                 raise NotImplementedError("PromptableSAM with MODEL.GLESAM.STAGE 'none' is inference only: call "
                                           "model.eval() for predictions, or set MODEL.GLESAM.STAGE to 'denoise' "
                                           "(stage 1) or 'decoder' (stage 2) to train")
             return self.training_losses(batched_inputs)
+        want = self.return_intermediates if return_intermediates is None else bool(return_intermediates)
         with torch.no_grad():
-            z, valid = self.image_embeddings([x["image"] for x in batched_inputs])
-            return [self.decode(inp, z[i:i + 1], valid[i]) for i, inp in enumerate(batched_inputs)]
+            z_low, valid = self.encode([x["image"] for x in batched_inputs])
+            z = self.enhancer(z_low) if self.enhancer is not None else z_low
+            outs = []
+            for i, inp in enumerate(batched_inputs):
+                out = self.decode(inp, z[i:i + 1], valid[i], return_intermediates=want)
+                if want:
+                    out["intermediates"].update(self.embedding_intermediates(z_low[i:i + 1], z[i:i + 1]))
+                outs.append(out)
+            return outs
 
-    def decode(self, inp: Dict, embedding: torch.Tensor, valid_hw: Tuple[int, int]) -> Dict[str, torch.Tensor]:
+    def embedding_intermediates(self, z_low: torch.Tensor, z: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """{"z_low": z_L} and, with the enhancement, {"z_enhanced": ẑ} (the embedding that was decoded)."""
+        return {"z_low": z_low} if self.enhancer is None else {"z_low": z_low, "z_enhanced": z}
+
+    def decode(self, inp: Dict, embedding: torch.Tensor, valid_hw: Tuple[int, int],
+               return_intermediates: bool = False) -> Dict:
         """The masks of one input's prompts from its image embedding (the second half of `forward`,
         so that an interactive caller can embed an image once and decode many prompts).
 
@@ -304,17 +340,29 @@ class PromptableSAM(nn.Module):
             inp: one input dict of `forward` (its "image" gives the prompts' frame: only its size is read).
             embedding: 1 x 256 x 64 x 64, from `image_embeddings` of that image.
             valid_hw: the image's resized size in SAM's frame (from `image_embeddings`).
+            return_intermediates: add "intermediates": the decoder's "low_res_logits" [P, M, 4h, 4w] and
+                "iou_predictions" [P, M] the returned mask was picked from (M = 3 with MULTIMASK_OUTPUT, else
+                1), "chosen" [P] (its index), and SAM's three multimask outputs "multimask_logits"
+                [P, 3, 4h, 4w] with "multimask_iou" [P, 3] (the same tensors with MULTIMASK_OUTPUT).
 
         Returns:
             {"mask_logits": P x H x W, "masks": P x H x W bool, "iou_pred": P}, P prompts per image.
         """
         h, w = (int(v) for v in inp["image"].shape[-2:])
         out_hw = (int(inp.get("height", h)), int(inp.get("width", w)))
-        low_res, iou = sam_predict(self.sam, embedding, multimask_output=self.multimask_output,
-                                   **self._prompts(inp, (h, w)))
-        low_res, iou = low_res[0], iou[0]  # P x M x 256 x 256, P x M
-        best = iou.argmax(dim=1)
-        pick = torch.arange(low_res.shape[0], device=low_res.device)
-        low_res, iou = low_res[pick, best], iou[pick, best]
+        prompts = self._prompts(inp, (h, w))
+        all_low_res, all_iou = sam_predict(self.sam, embedding, multimask_output=self.multimask_output, **prompts)
+        all_low_res, all_iou = all_low_res[0], all_iou[0]  # P x M x 256 x 256, P x M
+        best = all_iou.argmax(dim=1)
+        pick = torch.arange(all_low_res.shape[0], device=all_low_res.device)
+        low_res, iou = all_low_res[pick, best], all_iou[pick, best]
         logits = self.to_output_size(low_res, valid_hw, out_hw)
-        return {"mask_logits": logits, "masks": logits > self.mask_threshold, "iou_pred": iou}
+        out: Dict = {"mask_logits": logits, "masks": logits > self.mask_threshold, "iou_pred": iou}
+        if return_intermediates:
+            if self.multimask_output:
+                multi, multi_iou = all_low_res, all_iou
+            else:
+                multi, multi_iou = (t[0] for t in sam_predict(self.sam, embedding, multimask_output=True, **prompts))
+            out["intermediates"] = {"low_res_logits": all_low_res, "iou_predictions": all_iou, "chosen": best,
+                                    "multimask_logits": multi, "multimask_iou": multi_iou}
+        return out

@@ -6,7 +6,7 @@ from typing import Dict
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from rass.utils.registry import NamedRegistry
+from rass.utils.registry import NamedRegistry, registered
 
 __all__ = ["PIXEL_DECODER_REGISTRY", "build_pixel_decoder"]
 
@@ -26,12 +26,7 @@ def build_pixel_decoder(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
         input_shape: backbone output shapes by feature name.
     """
     name = cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME
-    if name not in PIXEL_DECODER_REGISTRY:
-        raise KeyError(
-            f"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME={name!r} is not a registered pixel decoder; "
-            f"registered: {sorted(k for k, _ in PIXEL_DECODER_REGISTRY)}"
-        )
-    model = PIXEL_DECODER_REGISTRY.get(name)(cfg, input_shape)
+    model = registered(PIXEL_DECODER_REGISTRY, "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", name)(cfg, input_shape)
     if not callable(getattr(model, "forward_features", None)):
         raise TypeError(f"pixel decoder {name!r} has no forward_features(features) method")
     return model

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rass.ops import BACKENDS, ms_deform_attn
+from rass.utils.errors import UserValueError
 
 __all__ = ["MSDeformAttn"]
 
@@ -32,9 +33,10 @@ class MSDeformAttn(nn.Module):
                  backend: str = "auto"):
         super().__init__()
         if d_model % n_heads:
-            raise ValueError(f"MSDeformAttn: d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+            raise UserValueError(f"MSDeformAttn: d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         if backend not in BACKENDS:
-            raise ValueError(f"MSDeformAttn: backend must be one of {BACKENDS}, got {backend!r}")
+            raise UserValueError("MSDeformAttn: backend (MODEL.SEM_SEG_HEAD.DEFORMABLE_ATTENTION_BACKEND) must be one "
+                                 f"of {BACKENDS}, got {backend!r}")
         head_dim = d_model // n_heads
         if head_dim & (head_dim - 1):
             warnings.warn(f"MSDeformAttn: head width {head_dim} is not a power of 2 (slower CUDA kernel)")

@@ -18,6 +18,8 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from torch import nn
 
+from rass.utils.errors import UserValueError
+
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 from .build import PIXEL_DECODER_REGISTRY
 from .deformable_encoder import MSDeformAttnTransformerEncoderOnly
@@ -66,12 +68,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
         super().__init__()
         missing = [f for f in transformer_in_features if f not in input_shape]
         if missing:
-            raise ValueError(
+            raise UserValueError(
                 f"MSDeformAttnPixelDecoder: DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES {missing} are not among "
                 f"the decoder inputs {sorted(input_shape)} (MODEL.SEM_SEG_HEAD.IN_FEATURES)"
             )
         if conv_dim % 32:
-            raise ValueError(f"MSDeformAttnPixelDecoder: CONVS_DIM must be a multiple of 32 (GroupNorm(32)), got {conv_dim}")
+            raise UserValueError("MSDeformAttnPixelDecoder: CONVS_DIM must be a multiple of 32 (GroupNorm(32)), got "
+                                 f"{conv_dim}")
         ordered = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
         self.in_features = [k for k, _ in ordered]
         self.feature_strides = [v.stride for _, v in ordered]
@@ -132,7 +135,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         head = cfg.MODEL.SEM_SEG_HEAD
         unknown = [f for f in head.IN_FEATURES if f not in input_shape]
         if unknown:
-            raise ValueError(
+            raise UserValueError(
                 f"MODEL.SEM_SEG_HEAD.IN_FEATURES {unknown} are not backbone outputs {sorted(input_shape)}"
             )
         return {

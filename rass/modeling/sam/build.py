@@ -1,23 +1,46 @@
-"""SAM configurations (ViT-B/L/H as released, and a tiny one for tests) and the builder.
+"""SAM configurations (ViT-B/L/H as released, a tiny one for tests, or any SAM-shaped "custom" encoder),
+the builder, and SAM's own random initialisation.
 
 The model is transformers' `SamModel`, composed (not forked). The ViT variants follow
-segment-anything's builders: patch 16, MLP ratio 4, window 14, LayerNorm eps 1e-6, neck 256,
-prompt encoder and mask decoder 256-d (two-way transformer depth 2, 8 heads, MLP 2048).
+segment-anything's builders: patch 16, MLP ratio 4, window 14, neck 256, prompt encoder and mask
+decoder 256-d (two-way transformer depth 2, 8 heads, MLP 2048).
+
+LayerNorm epsilons as segment-anything (`modeling/*.py`, `build_sam.py`), every one set explicitly:
+  - image encoder: ViT blocks `partial(nn.LayerNorm, eps=1e-6)`, neck `LayerNorm2d` (1e-6);
+  - prompt encoder: `mask_downscaling` `LayerNorm2d` (1e-6);
+  - mask decoder: `TwoWayTransformer` / `TwoWayAttentionBlock` plain `nn.LayerNorm` (1e-5, PyTorch's
+    default: norm1-4 of each block and norm_final_attn), `output_upscaling` `LayerNorm2d` (1e-6).
+transformers reads the vision and prompt-encoder values from their configs' `layer_norm_eps`, the
+two-way blocks' from `SamMaskDecoderConfig.layer_norm_eps` (its default 1e-6 is NOT SAM's), and has
+1e-5 (`layer_norm_final_attn`) and 1e-6 (neck, `upscale_layer_norm`) built in.
+
+Random initialisation (`init_sam_weights`): segment-anything builds plain PyTorch modules, so a randomly
+built SAM gets PyTorch's default scales, not transformers' `_init_weights` (whose vision
+`initializer_range` of 1e-10 makes the image embedding a constant).
 """
 from __future__ import annotations
 
-import contextlib
+import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
+from torch import nn
 from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
+from transformers.models.sam.modeling_sam import SamPositionalEmbedding, SamVisionAttention, SamVisionEncoder
 
-__all__ = ["SamVariant", "SAM_VARIANTS", "sam_config", "build_sam", "SAM_EMBED_CHANNELS"]
+from rass.utils.errors import UserValueError
+
+__all__ = ["SamVariant", "SAM_VARIANTS", "sam_variant", "sam_config", "build_sam", "init_sam_weights",
+           "SAM_EMBED_CHANNELS", "SAM_LAYER_NORM_EPS", "SAM_PATCH_SIZE"]
 
 # Channels of SAM's image embedding (neck output = prompt encoder = mask decoder width); GleSAM's CRE
 # UNet works on these.
 SAM_EMBED_CHANNELS = 256
+SAM_PATCH_SIZE = 16
+# segment-anything's LayerNorm eps per part (see the module doc).
+SAM_LAYER_NORM_EPS = {"image_encoder": 1e-6, "prompt_encoder": 1e-6, "two_way_transformer": 1e-5,
+                      "output_upscaling": 1e-6}
 
 
 @dataclass(frozen=True)
@@ -45,37 +68,87 @@ SAM_VARIANTS: Dict[str, SamVariant] = {
     "tiny": SamVariant(32, 2, 2, (1,), window_size=4, image_size=256, decoder_mlp_dim=256,
                        iou_head_hidden_dim=64, mask_input_channels=16),
 }
+# The config keys of a "custom" variant (MODEL.SAM.*), by SamVariant field.
+CUSTOM_KEYS = {"embed_dim": "EMBED_DIM", "depth": "DEPTH", "num_heads": "NUM_HEADS",
+               "global_attn_indexes": "GLOBAL_ATTN_INDEXES", "window_size": "WINDOW_SIZE"}
 
 
-def _variant(variant: str) -> SamVariant:
-    if variant not in SAM_VARIANTS:
-        raise ValueError(f"MODEL.SAM.VARIANT: unknown SAM variant {variant!r}; expected one of {sorted(SAM_VARIANTS)}")
-    return SAM_VARIANTS[variant]
+def sam_variant(variant: Union[str, SamVariant], embed_dim: int = 0, depth: int = 0, num_heads: int = 0,
+                global_attn_indexes: Sequence[int] = (), window_size: int = 0) -> SamVariant:
+    """The encoder hyper-parameters of MODEL.SAM.VARIANT (a name of `SAM_VARIANTS`, or "custom").
+
+    Args:
+        variant: "vit_b", "vit_l", "vit_h", "tiny", "custom", or a `SamVariant` (returned as is).
+        embed_dim, depth, num_heads: ViT width, number of blocks and attention heads (MODEL.SAM.EMBED_DIM,
+            DEPTH, NUM_HEADS); required with "custom", must be left 0 with a named variant.
+        global_attn_indexes: blocks with global attention (MODEL.SAM.GLOBAL_ATTN_INDEXES; "custom" only;
+            empty = every block windowed).
+        window_size: window of the other blocks (MODEL.SAM.WINDOW_SIZE; "custom" only; 0 = SAM's 14).
+
+    Returns:
+        The `SamVariant` (a "custom" one has SAM's prompt encoder and mask decoder).
+
+    Raises:
+        UserValueError: unknown variant, custom keys with a named variant, or invalid custom values.
+    """
+    if isinstance(variant, SamVariant):
+        return variant
+    given = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads,
+             "global_attn_indexes": list(global_attn_indexes), "window_size": window_size}
+    if variant != "custom":
+        if variant not in SAM_VARIANTS:
+            raise UserValueError(f"MODEL.SAM.VARIANT: unknown SAM variant {variant!r}; expected one of "
+                                 f"{sorted(SAM_VARIANTS) + ['custom']}")
+        set_keys = [f"MODEL.SAM.{CUSTOM_KEYS[k]} = {v}" for k, v in given.items() if v]
+        if set_keys:
+            raise UserValueError(f"{', '.join(set_keys)} given with MODEL.SAM.VARIANT {variant!r}: these keys shape "
+                                 f"a 'custom' SAM only", hint="set MODEL.SAM.VARIANT 'custom' (and every size key), "
+                                 "or leave them at 0 / [] for the named variant")
+        return SAM_VARIANTS[variant]
+    for field in ("embed_dim", "depth", "num_heads"):
+        if int(given[field]) <= 0:
+            raise UserValueError(f"MODEL.SAM.{CUSTOM_KEYS[field]} = {given[field]}: MODEL.SAM.VARIANT 'custom' needs "
+                                 f"a positive {field.replace('_', ' ')}")
+    embed_dim, depth, num_heads = int(embed_dim), int(depth), int(num_heads)
+    if embed_dim % num_heads:
+        raise UserValueError(f"MODEL.SAM.EMBED_DIM {embed_dim} is not divisible by MODEL.SAM.NUM_HEADS {num_heads}")
+    glob = tuple(int(i) for i in global_attn_indexes)
+    if len(set(glob)) != len(glob) or any(not 0 <= i < depth for i in glob):
+        raise UserValueError(f"MODEL.SAM.GLOBAL_ATTN_INDEXES {list(glob)}: expected distinct block indexes in "
+                             f"0..{depth - 1} (MODEL.SAM.DEPTH {depth})")
+    window = 14 if int(window_size) == 0 else int(window_size)
+    if window < 0:
+        raise UserValueError(f"MODEL.SAM.WINDOW_SIZE {window_size}: expected a positive window (0 = SAM's 14)")
+    return SamVariant(embed_dim, depth, num_heads, tuple(sorted(glob)), window_size=window)
 
 
-def sam_config(variant: str, image_size: Optional[int] = None) -> SamConfig:
+def sam_config(variant: Union[str, SamVariant], image_size: Optional[int] = None) -> SamConfig:
     """The transformers `SamConfig` of a SAM variant.
 
     Args:
-        variant: "vit_b", "vit_l", "vit_h" or "tiny".
-        image_size: side of the square input (default: 1024, tiny 256); a multiple of the patch
-            size 16. Only the variant's default size matches the released weights' `pos_embed`.
+        variant: "vit_b", "vit_l", "vit_h", "tiny", or a `SamVariant` (e.g. from `sam_variant("custom", ...)`).
+        image_size: side of the square input (default: the variant's, 1024, tiny 256); a multiple of the
+            patch size 16. Only the size the weights were trained at matches their `pos_embed`.
 
     Returns:
-        The config (vision, prompt-encoder and mask-decoder sub-configs filled in).
+        The config (vision, prompt-encoder and mask-decoder sub-configs filled in, every LayerNorm eps
+        as segment-anything's).
     """
-    v = _variant(variant)
+    v = sam_variant(variant)
     size = v.image_size if image_size is None else int(image_size)
-    if size <= 0 or size % 16:
-        raise ValueError(f"MODEL.SAM.IMAGE_SIZE: {image_size} is not a positive multiple of the patch size 16")
+    if size <= 0 or size % SAM_PATCH_SIZE:
+        raise UserValueError(f"MODEL.SAM.IMAGE_SIZE: {image_size} is not a positive multiple of the patch size "
+                             f"{SAM_PATCH_SIZE}")
     vision = SamVisionConfig(
         hidden_size=v.embed_dim, num_hidden_layers=v.depth, num_attention_heads=v.num_heads,
         global_attn_indexes=list(v.global_attn_indexes), window_size=v.window_size, image_size=size,
-        patch_size=16, mlp_ratio=4.0, layer_norm_eps=1e-6, output_channels=SAM_EMBED_CHANNELS,
-        num_pos_feats=SAM_EMBED_CHANNELS // 2, qkv_bias=True, use_abs_pos=True, use_rel_pos=True,
+        patch_size=SAM_PATCH_SIZE, mlp_ratio=4.0, layer_norm_eps=SAM_LAYER_NORM_EPS["image_encoder"],
+        output_channels=SAM_EMBED_CHANNELS, num_pos_feats=SAM_EMBED_CHANNELS // 2, qkv_bias=True,
+        use_abs_pos=True, use_rel_pos=True,
     )
     prompt = SamPromptEncoderConfig(
-        hidden_size=SAM_EMBED_CHANNELS, image_size=size, patch_size=16,
+        hidden_size=SAM_EMBED_CHANNELS, image_size=size, patch_size=SAM_PATCH_SIZE,
+        layer_norm_eps=SAM_LAYER_NORM_EPS["prompt_encoder"],
         **({"mask_input_channels": v.mask_input_channels} if v.mask_input_channels else {}),
     )
     decoder_kwargs = {}
@@ -83,28 +156,90 @@ def sam_config(variant: str, image_size: Optional[int] = None) -> SamConfig:
         decoder_kwargs["mlp_dim"] = v.decoder_mlp_dim
     if v.iou_head_hidden_dim:
         decoder_kwargs["iou_head_hidden_dim"] = v.iou_head_hidden_dim
-    decoder = SamMaskDecoderConfig(hidden_size=SAM_EMBED_CHANNELS, iou_head_depth=3, **decoder_kwargs)
+    decoder = SamMaskDecoderConfig(hidden_size=SAM_EMBED_CHANNELS, iou_head_depth=3,
+                                   layer_norm_eps=SAM_LAYER_NORM_EPS["two_way_transformer"], **decoder_kwargs)
     return SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
                      mask_decoder_config=decoder.to_dict())
 
 
-def build_sam(variant: str, image_size: Optional[int] = None,
-              device: Union[str, torch.device] = "cpu") -> SamModel:
-    """Build a randomly initialised SAM (load weights with `rass.checkpoint.load_sam_checkpoint`).
+@torch.no_grad()
+def init_sam_weights(model: SamModel, generator: Optional[torch.Generator] = None) -> SamModel:
+    """Re-initialise every parameter of a `SamModel` as segment-anything's plain PyTorch modules start.
+
+    Linear / Conv2d / ConvTranspose2d: PyTorch's default (weight kaiming-uniform with a = sqrt(5), bias
+    U(+-1/sqrt(fan_in))); LayerNorms: ones / zeros; Embeddings (point, not-a-point, no-mask, IoU and mask
+    tokens): N(0, 1); `pos_embed` and the relative position tables: zeros; the random Fourier matrix of the
+    positional encoding: N(0, 1) (segment-anything's scale 1.0; transformers uses the vision width / 2).
 
     Args:
-        variant: "vit_b", "vit_l", "vit_h" or "tiny".
+        model: the `SamModel` (not on the meta device).
+        generator: the random stream; None draws from torch's global RNG (seed it, or fork it, to reproduce).
+
+    Returns:
+        The model (initialised in place).
+    """
+    done = set()
+
+    def mark(*params: Optional[torch.Tensor]) -> None:
+        done.update(id(p) for p in params if p is not None)
+
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+            if module.bias is not None:
+                fan_in = module.weight[0].numel()  # PyTorch's fan-in (dim 1 x kernel) for all three kinds
+                bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+            mark(module.weight, module.bias)
+        elif isinstance(module, nn.LayerNorm):  # transformers' SamLayerNorm is one too
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            mark(module.weight, module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, 1.0, generator=generator)
+            mark(module.weight)
+        elif isinstance(module, SamPositionalEmbedding):
+            if id(module.positional_embedding) not in done:  # tied: shared_image_embedding = prompt encoder's
+                nn.init.normal_(module.positional_embedding, 0.0, 1.0, generator=generator)
+            mark(module.positional_embedding)
+        elif isinstance(module, SamVisionAttention) and module.use_rel_pos:
+            nn.init.zeros_(module.rel_pos_h)
+            nn.init.zeros_(module.rel_pos_w)
+            mark(module.rel_pos_h, module.rel_pos_w)
+        elif isinstance(module, SamVisionEncoder) and module.pos_embed is not None:
+            nn.init.zeros_(module.pos_embed)
+            mark(module.pos_embed)
+    left = [n for n, p in model.named_parameters() if id(p) not in done]
+    if left:  # a transformers version with parameters this function does not know
+        raise RuntimeError(f"init_sam_weights: no segment-anything initialisation for {left[:5]}")
+    return model
+
+
+def build_sam(variant: Union[str, SamVariant], image_size: Optional[int] = None,
+              device: Union[str, torch.device] = "cpu", generator: Optional[torch.Generator] = None,
+              init: bool = True) -> SamModel:
+    """Build a SAM with segment-anything's random initialisation (load weights with
+    `rass.checkpoint.load_sam_checkpoint`).
+
+    Args:
+        variant: "vit_b", "vit_l", "vit_h", "tiny" or a `SamVariant` (see `sam_variant`).
         image_size: input side (see `sam_config`).
         device: where to build; "meta" builds the structure without allocating memory.
+        generator: random stream of the initialisation (a CPU generator); None: torch's global RNG (only
+            `init_sam_weights` draws from it; building the modules leaves it as it was).
+        init: False keeps transformers' initialisation (when every tensor is loaded from a file next).
 
     Returns:
         The `SamModel` in eval mode.
     """
     config = sam_config(variant, image_size)
     device = torch.device(device)
-    ctx = torch.device(device) if device.type == "meta" else contextlib.nullcontext()
+    # construction draws (PyTorch's and transformers' inits, overwritten next) do not advance the caller's RNG
+    ctx = torch.device(device) if device.type == "meta" else torch.random.fork_rng(devices=[])
     with ctx:
         model = SamModel(config)
     if device.type != "meta":
+        if init:
+            init_sam_weights(model, generator)
         model = model.to(device)
     return model.eval()

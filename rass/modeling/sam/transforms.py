@@ -84,39 +84,31 @@ class SamImageTransform:
         x = F.pad(x, (0, self.target - new_w, 0, self.target - new_h))
         return x, (int(new_h), int(new_w))
 
-    def apply_coords(self, coords: torch.Tensor, original_hw: Sequence[int], check_inside: bool = False) -> torch.Tensor:
+    def apply_coords(self, coords: torch.Tensor, original_hw: Sequence[int]) -> torch.Tensor:
         """Map (x, y) pixel coordinates [..., 2] of the original image to the resized frame (float32).
+        (User prompts are checked first with `rass.data.prompts.check_prompts`.)
 
         Args:
             coords: [..., 2] (x, y) in pixels of the original image.
             original_hw: (H, W) of the original image.
-            check_inside: raise if a point lies outside [0, W] x [0, H] (e.g. user-given prompts).
         """
         old_h, old_w = _hw(original_hw, "apply_coords original_hw")
         coords = torch.as_tensor(coords)
         if coords.shape[-1:] != (2,):
             raise ValueError(f"apply_coords: expected coordinates [..., 2] (x, y), got shape {tuple(coords.shape)}")
-        if check_inside:
-            flat = coords.reshape(-1, 2).double()
-            outside = (flat[:, 0] < 0) | (flat[:, 0] > old_w) | (flat[:, 1] < 0) | (flat[:, 1] > old_h)
-            if bool(outside.any()):
-                x, y = flat[outside][0].tolist()
-                raise ValueError(f"prompt point (x, y) = ({x:g}, {y:g}) is outside the image of {old_h}x{old_w} (HxW); "
-                                 f"coordinates are (x, y) pixels of the original image")
         new_h, new_w = self.get_preprocess_shape(old_h, old_w)
         out = coords.to(torch.float32).clone()
         out[..., 0] = out[..., 0] * (new_w / old_w)
         out[..., 1] = out[..., 1] * (new_h / old_h)
         return out
 
-    def apply_boxes(self, boxes: torch.Tensor, original_hw: Sequence[int], check_inside: bool = False) -> torch.Tensor:
-        """Map xyxy boxes [..., 4] of the original image to the resized frame (float32); `check_inside`
-        as in `apply_coords` (for both corners)."""
+    def apply_boxes(self, boxes: torch.Tensor, original_hw: Sequence[int]) -> torch.Tensor:
+        """Map xyxy boxes [..., 4] of the original image to the resized frame (float32), as `apply_coords`."""
         boxes = torch.as_tensor(boxes)
         if boxes.shape[-1:] != (4,):
             raise ValueError(f"apply_boxes: expected boxes [..., 4] (x1, y1, x2, y2), got shape {tuple(boxes.shape)}")
         corners = boxes.reshape(*boxes.shape[:-1], 2, 2)
-        return self.apply_coords(corners, original_hw, check_inside).reshape(boxes.shape)
+        return self.apply_coords(corners, original_hw).reshape(boxes.shape)
 
     def postprocess_masks(self, low_res_logits: torch.Tensor, input_hw_resized: Sequence[int],
                           original_hw: Sequence[int]) -> torch.Tensor:

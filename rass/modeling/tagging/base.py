@@ -12,7 +12,7 @@ import torch
 from detectron2.config import configurable
 from torch import nn
 
-from rass.utils.registry import NamedRegistry
+from rass.utils.registry import NamedRegistry, registered
 
 TAGGER_REGISTRY = NamedRegistry("TAGGER")
 TAGGER_REGISTRY.__doc__ = "Image taggers producing text prompts: images -> list of strings."
@@ -54,9 +54,4 @@ def build_tagger(cfg, name: str | None = None) -> Tagger:
         name: registry name; default `cfg.MODEL.TAGGER.NAME`.
     """
     name = name if name is not None else cfg.MODEL.TAGGER.NAME
-    try:
-        cls = TAGGER_REGISTRY.get(name)
-    except KeyError as e:
-        known = sorted(k for k, _ in TAGGER_REGISTRY)
-        raise KeyError(f"MODEL.TAGGER.NAME: unknown tagger {name!r}; registered: {known}") from e
-    return cls(cfg)
+    return registered(TAGGER_REGISTRY, "MODEL.TAGGER.NAME", name)(cfg)

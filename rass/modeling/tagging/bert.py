@@ -23,6 +23,8 @@ from torch.nn import functional as F
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertIntermediate, BertOnlyMLMHead, BertOutput, BertSelfOutput
 
+from rass.utils.errors import UserFileNotFoundError, UserValueError
+
 from .lora import LoRALinear
 
 __all__ = [
@@ -63,15 +65,16 @@ def load_bert_config(path: str, key: str = "BERT config") -> BertConfig:
     """
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"{key}: BERT config not found: {file!r} (a JSON file or a folder with config.json)")
+        raise UserFileNotFoundError(f"{key}: BERT config not found: {file!r} (a JSON file or a folder with "
+                                    "config.json)")
     try:
         with open(file, "r", encoding="utf-8") as f:
             values = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{key}: cannot read BERT config {file!r}: {e}") from e
+        raise UserValueError(f"{key}: cannot read BERT config {file!r}: {e}") from e
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size") if k not in values]
     if missing:
-        raise ValueError(f"{key}: BERT config {file!r} lacks {missing}")
+        raise UserValueError(f"{key}: BERT config {file!r} lacks {missing}")
     return BertConfig(**values)
 
 
@@ -109,7 +112,7 @@ class RAMBertSelfAttention(nn.Module):
         super().__init__()
         hidden, heads = config.hidden_size, config.num_attention_heads
         if hidden % heads:
-            raise ValueError(f"BERT: hidden size {hidden} is not divisible by {heads} heads")
+            raise UserValueError(f"BERT: hidden size {hidden} is not divisible by {heads} heads")
         self.num_heads = heads
         self.dropout_p = float(config.attention_probs_dropout_prob)
 

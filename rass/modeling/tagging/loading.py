@@ -25,6 +25,8 @@ from typing import Dict, List, Mapping, Sequence
 import torch
 from torch import nn
 
+from rass.utils.errors import UserFileNotFoundError, UserKeyError, UserValueError
+
 from .lora import is_lora_key
 from .ram import tied_weight_groups
 
@@ -77,22 +79,20 @@ def read_checkpoint(path: str, key: str = "weights") -> Dict[str, torch.Tensor]:
         path: local file.
         key: which config key / argument gave the path, for error messages.
     """
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"{key}: weight file not found: {path!r}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise RuntimeError(
-            f"{key}: cannot read {path!r} with torch.load(weights_only=True): {e}. If the file is trusted but "
-            "holds pickled objects, re-save its state dict alone (torch.save(obj['model'], new_path))."
-        ) from e
+    from rass.checkpoint.files import read_checkpoint_file
+
+    if not path or not os.path.exists(path):
+        raise UserFileNotFoundError(f"{key}: weight file not found: {path!r}")
+    # torch.load(weights_only=True); a folder, a text file, a damaged or code-carrying pickle: one error naming it
+    obj = read_checkpoint_file(path, key=key, expected="a state dict saved with torch.save (.pth)")
     if isinstance(obj, Mapping):
         for name in _WRAPPERS:
             if isinstance(obj.get(name), Mapping):
                 obj = obj[name]
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{key}: {path!r} is not a state dict of tensors (nor one wrapped under {list(_WRAPPERS)})")
+        raise UserValueError(f"{key}: {path!r} is not a state dict of tensors (nor one wrapped under "
+                             f"{list(_WRAPPERS)})")
     names = list(obj.keys())
     strip = "module." if all(n.startswith("module.") for n in names) else ""
     out: Dict[str, torch.Tensor] = {}
@@ -164,10 +164,10 @@ def load_ram_weights(model: nn.Module, path: str, key: str = "MODEL.TAGGER.RAM.W
             msg.append(f"unexpected {len(unexpected)} entries: {_listing(unexpected)}")
             if any(is_lora_key(n) for n in unexpected):
                 msg.append("(LoRA entries: give DAPE adapters to the 'dape' tagger via MODEL.TAGGER.DAPE.WEIGHTS)")
-        raise KeyError("; ".join(msg))
+        raise UserKeyError("; ".join(msg))
     bad = _shape_errors(model_sd, state)
     if bad:
-        raise ValueError(f"{key}: {path!r} has {len(bad)} misshapen entries: {_listing(bad)}")
+        raise UserValueError(f"{key}: {path!r} has {len(bad)} misshapen entries: {_listing(bad)}")
     model.load_state_dict(state, strict=False)
     report.loaded = list(state)
     report.missing = [n for n in model_sd if is_lora_key(n)]
@@ -194,10 +194,11 @@ def load_dape_weights(model: nn.Module, path: str, key: str = "MODEL.TAGGER.DAPE
     state = {n: t for n, t in state.items() if n not in derived}
     bad = _shape_errors(model_sd, state)
     if bad:
-        raise ValueError(f"{key}: {path!r} has {len(bad)} misshapen entries: {_listing(bad)}")
+        raise UserValueError(f"{key}: {path!r} has {len(bad)} misshapen entries: {_listing(bad)}")
     usable = {n: t for n, t in state.items() if n in model_sd}
     if not usable:
-        raise ValueError(f"{key}: no entry of {path!r} matches the DAPE model (first names: {_listing(list(state))})")
+        raise UserValueError(f"{key}: no entry of {path!r} matches the DAPE model (first names: "
+                             f"{_listing(list(state))})")
     model.load_state_dict(usable, strict=False)
     report = LoadReport(path=path, loaded=list(usable), derived=sorted(derived))
     report.missing = [n for n in model_sd if is_lora_key(n) and n not in usable]
@@ -213,16 +214,16 @@ def read_tag_list(path: str, key: str = "MODEL.TAGGER.RAM.TAG_LIST") -> List[str
         key: config key that gave the path (for messages).
     """
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"{key}: tag list not found: {path!r} (RAM's ram_tag_list.txt, one tag per line)")
+        raise UserFileNotFoundError(f"{key}: tag list not found: {path!r} (RAM's ram_tag_list.txt, one tag per line)")
     with open(path, "r", encoding="utf-8") as f:
         lines = f.read().splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     empty = [i + 1 for i, t in enumerate(lines) if not t.strip()]
     if empty:
-        raise ValueError(f"{key}: {path!r} has empty lines (line {empty[0]}); one tag per line is expected")
+        raise UserValueError(f"{key}: {path!r} has empty lines (line {empty[0]}); one tag per line is expected")
     if not lines:
-        raise ValueError(f"{key}: {path!r} holds no tags")
+        raise UserValueError(f"{key}: {path!r} holds no tags")
     return lines
 
 
@@ -238,7 +239,7 @@ def read_thresholds(path: str, num_classes: int, key: str = "MODEL.TAGGER.RAM.TH
         float32 tensor [num_classes].
     """
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"{key}: thresholds file not found: {path!r} (one float per tag)")
+        raise UserFileNotFoundError(f"{key}: thresholds file not found: {path!r} (one float per tag)")
     with open(path, "r", encoding="utf-8") as f:
         lines = f.read().splitlines()
     while lines and not lines[-1].strip():
@@ -248,10 +249,10 @@ def read_thresholds(path: str, num_classes: int, key: str = "MODEL.TAGGER.RAM.TH
         try:
             v = float(line.strip())
         except ValueError:
-            raise ValueError(f"{key}: {path!r} line {i + 1}: {line!r} is not a number") from None
+            raise UserValueError(f"{key}: {path!r} line {i + 1}: {line!r} is not a number") from None
         if not 0.0 <= v <= 1.0:
-            raise ValueError(f"{key}: {path!r} line {i + 1}: threshold {v} is outside [0, 1]")
+            raise UserValueError(f"{key}: {path!r} line {i + 1}: threshold {v} is outside [0, 1]")
         values.append(v)
     if len(values) != num_classes:
-        raise ValueError(f"{key}: {path!r} has {len(values)} thresholds but the tag list has {num_classes} tags")
+        raise UserValueError(f"{key}: {path!r} has {len(values)} thresholds but the tag list has {num_classes} tags")
     return torch.tensor(values, dtype=torch.float32, device="cpu")  # CPU even under a meta-device context

@@ -24,6 +24,8 @@ from detectron2.config import configurable
 from torch.nn import functional as F
 from transformers import BertConfig
 
+from rass.utils.errors import UserValueError
+
 from .base import TAGGER_REGISTRY, Tagger
 from .bert import load_bert_config
 from .loading import load_dape_weights, load_ram_weights, read_tag_list, read_thresholds
@@ -104,12 +106,12 @@ class RAMTagger(RAM, Tagger):
         self.class_thresholds = thresholds  # plain CPU tensor: compared with probabilities on CPU
         bad = [i for i in delete_tag_indices if not 0 <= int(i) < len(self.tags)]
         if bad:
-            raise ValueError(f"MODEL.TAGGER.RAM.DELETE_TAG_INDICES: {bad} outside 0..{len(self.tags) - 1}")
+            raise UserValueError(f"MODEL.TAGGER.RAM.DELETE_TAG_INDICES: {bad} outside 0..{len(self.tags) - 1}")
         self.delete_tag_indices = sorted({int(i) for i in delete_tag_indices})
         if dtype not in _DTYPES:
-            raise ValueError(f"MODEL.TAGGER.RAM.DTYPE: {dtype!r} is not one of {sorted(_DTYPES)}")
+            raise UserValueError(f"MODEL.TAGGER.RAM.DTYPE: {dtype!r} is not one of {sorted(_DTYPES)}")
         if int(batch_size) < 1:
-            raise ValueError(f"MODEL.TAGGER.RAM.BATCH_SIZE must be >= 1, got {batch_size}")
+            raise UserValueError(f"MODEL.TAGGER.RAM.BATCH_SIZE must be >= 1, got {batch_size}")
         self.cuda_dtype = _DTYPES[dtype]
         self.batch_size = int(batch_size)
         self.antialias = bool(antialias)
@@ -134,7 +136,7 @@ class RAMTagger(RAM, Tagger):
         if c.TAG_LIST:
             tags = read_tag_list(c.TAG_LIST)
         elif c.WEIGHTS:
-            raise ValueError(
+            raise UserValueError(
                 "MODEL.TAGGER.RAM.TAG_LIST is empty but MODEL.TAGGER.RAM.WEIGHTS is set: give the local path of "
                 "RAM's tag list (ram_tag_list.txt, one tag per line) that goes with the weights"
             )
@@ -271,7 +273,7 @@ class DAPETagger(RAMTagger):
         args = super().from_config(cfg)
         d = cfg.MODEL.TAGGER.DAPE
         if d.LORA_RANK <= 0:
-            raise ValueError(f"MODEL.TAGGER.DAPE.LORA_RANK must be positive for the dape tagger, got {d.LORA_RANK}")
+            raise UserValueError(f"MODEL.TAGGER.DAPE.LORA_RANK must be positive for the dape tagger, got {d.LORA_RANK}")
         if not d.WEIGHTS and args["weights"]:
             logger.warning("MODEL.TAGGER.DAPE.WEIGHTS is empty: the dape tagger has no adapters and tags as RAM does")
         args.update(lora_rank=d.LORA_RANK, lora_alpha=d.LORA_ALPHA, adapter_weights=d.WEIGHTS)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from rass.utils.registry import NamedRegistry
+from rass.utils.registry import NamedRegistry, registered
 
 __all__ = ["TRANSFORMER_DECODER_REGISTRY", "build_transformer_decoder"]
 
@@ -23,9 +23,5 @@ def build_transformer_decoder(cfg, in_channels: int, mask_classification: bool =
         mask_classification: predict a class per query (always True for Mask2Former).
     """
     name = cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME
-    if name not in TRANSFORMER_DECODER_REGISTRY:
-        raise KeyError(
-            f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME={name!r} is not a registered transformer decoder; "
-            f"registered: {sorted(k for k, _ in TRANSFORMER_DECODER_REGISTRY)}"
-        )
-    return TRANSFORMER_DECODER_REGISTRY.get(name)(cfg, in_channels, mask_classification)
+    decoder = registered(TRANSFORMER_DECODER_REGISTRY, "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME", name)
+    return decoder(cfg, in_channels, mask_classification)

@@ -16,6 +16,8 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d
 from torch import nn
 
+from rass.utils.errors import UserValueError
+
 from .build import TRANSFORMER_DECODER_REGISTRY
 from .layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 from .position_encoding import PositionEmbeddingSine
@@ -98,7 +100,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     @classmethod
     def from_config(cls, cfg, in_channels: int, mask_classification: bool) -> Dict:
         if cfg.MODEL.MASK_FORMER.DEC_LAYERS < 1:
-            raise ValueError(f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1, got {cfg.MODEL.MASK_FORMER.DEC_LAYERS}")
+            raise UserValueError(f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1, got {cfg.MODEL.MASK_FORMER.DEC_LAYERS}")
         return {
             "in_channels": in_channels,
             "mask_classification": mask_classification,

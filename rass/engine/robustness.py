@@ -11,8 +11,10 @@ temporary dataset ``<dataset>__<level>`` (the clean dataset's metadata), and eve
 evaluated with `rass.engine.Trainer.test` (`CheckedSemSegEvaluator`). Pre-built degraded sets
 (``ade20k_sem_seg_val_degraded``, ``reallq_sem_seg_val``, ...) can be added as rows as they are.
 
-The report (`rass.evaluation.robustness_report`) is ``robustness.json``, ``robustness.md`` and
-``robustness.png`` in the output folder, next to the ``eval_results.json`` of all rows.
+This module is the run's orchestration (copies, registration, one `Trainer.test` per row); the
+metrics come from `rass.evaluation`'s evaluators and the report from
+`rass.evaluation.robustness_report`: ``robustness.json``, ``robustness.md`` and ``robustness.png``
+in the output folder, next to the ``eval_results.json`` of all rows.
 
 Promptable-mask datasets (LQSeg, image + mask folders; `rass.data.datasets.lqseg`) work the same
 way: their copies keep the image + mask layout (`degrade_tree(layout="image_mask")`, masks
@@ -43,11 +45,12 @@ from rass.data.datasets.lqseg import EVALUATOR_TYPE as PROMPTABLE_EVALUATOR_TYPE
 from rass.data.datasets.lqseg import load_image_mask_folder
 from rass.data.degradation.offline import degrade_tree
 from rass.data.degradation.presets import PRESETS
-from rass.engine import Trainer
+from rass.evaluation.robustness_report import build_report, write_report
+from rass.evaluation.sem_seg import write_eval_results
+from rass.utils.errors import UserError
 from rass.utils.io import sha256_file, write_text_atomic
 
-from .robustness_report import build_report, write_report
-from .sem_seg import write_eval_results
+from .trainer import Trainer
 
 __all__ = [
     "CLEAN",
@@ -67,8 +70,9 @@ DEFAULT_LEVELS: Tuple[str, ...] = (CLEAN, "lqseg_1", "lqseg_2", "lqseg_3")
 SOURCE_INFO = "source.json"  # in each cached copy: which clean data it was made from
 
 
-class RobustnessError(RuntimeError):
-    """A level or dataset of a robustness run failed; the message names it."""
+class RobustnessError(UserError, RuntimeError):
+    """A level or dataset of a robustness run cannot be evaluated because of the user's input (an
+    unknown level, an unregistered or unreadable dataset, a stale cached copy); the message names it."""
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,8 @@ def _dataset_dicts(name: str) -> List[dict]:
         raise RobustnessError(f"Dataset {name!r} is not registered (see datasets/README.md)")
     try:
         dicts = DatasetCatalog.get(name)
-    except Exception as e:  # noqa: BLE001 - a missing root etc.: keep the loader's message, name the dataset
-        raise RobustnessError(f"Dataset {name!r} cannot be loaded: {e}") from e
+    except UserError as e:  # a missing root etc.: keep the loader's message, name the dataset (bugs propagate)
+        raise RobustnessError(f"Dataset {name!r} cannot be loaded: {e.message}", e.hint) from e
     if not dicts:
         raise RobustnessError(f"Dataset {name!r} has no images")
     return dicts
@@ -287,10 +291,9 @@ def _evaluate(cfg, model: torch.nn.Module, item: EvalSet, output_dir: str) -> Di
     cfg.freeze()
     try:
         return Trainer.test(cfg, model)[item.dataset]
-    except Exception as e:  # noqa: BLE001 - re-raised with the level's name
-        raise RobustnessError(
-            f"Level {item.level!r} (dataset {item.dataset!r}) failed to evaluate: {type(e).__name__}: {e}"
-        ) from e
+    except UserError as e:  # re-raised with the level's name (bugs propagate with their traceback)
+        raise RobustnessError(f"Level {item.level!r} (dataset {item.dataset!r}) failed to evaluate: {e.message}",
+                              e.hint) from e
 
 
 def plain_sam_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -363,10 +366,9 @@ def evaluate_robustness(
                     item = prepare_level(dataset, level, cache_dir or "", seed, source, progress)
                 except RobustnessError:
                     raise
-                except Exception as e:  # noqa: BLE001 - re-raised with the level's name
-                    raise RobustnessError(
-                        f"Level {level!r} of {dataset!r} could not be prepared: {type(e).__name__}: {e}"
-                    ) from e
+                except UserError as e:  # re-raised with the level's name (bugs propagate with their traceback)
+                    raise RobustnessError(f"Level {level!r} of {dataset!r} could not be prepared: {e.message}",
+                                          e.hint) from e
                 if item.dataset != dataset:
                     temp.append(item.dataset)
                 items.append(item)

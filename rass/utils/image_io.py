@@ -4,7 +4,9 @@
 tagging tool, the offline degradation engine). It returns what detectron2's ``read_image`` returns
 for ordinary 8-bit files (same bytes: Pillow decodes, EXIF orientation is applied, then the image is
 converted to the requested format) and decodes the files on which Pillow's plain ``convert("RGB")``
-gives a wrong image:
+gives a wrong image. ``apply_exif=False`` keeps the stored pixel order instead (for labelled images
+whose labels follow the stored pixels, INPUT.LABELLED_EXIF "ignore"); `exif_orientation` reads the
+tag from the file's header only.
 
 ============================  ==========================================================
 file                          8-bit RGB result
@@ -22,13 +24,15 @@ float (F) or 32-bit integer   refused: no defined white level (convert to 8 or 1
 
 The rounding maps an 8-bit image stored as 16 bits (``u * 257``) back to exactly ``u``. Multi-frame
 files (GIF, APNG, TIFF pages) give their first frame; embedded colour profiles are not applied
-(as detectron2). Errors are `DataFileError` (a `UserError` and a `ValueError`). Label maps
+(as detectron2). Errors are `DataFileError` (a `UserError` and a `ValueError`; a missing file:
+`DataFileNotFoundError`, also a `FileNotFoundError`), with a hint. Label maps
 (`load_label`) are read as their values, never scaled; a value that the requested integer type
 cannot hold is refused by name instead of wrapping around.
 """
 from __future__ import annotations
 
 import io
+import struct
 from typing import Iterable, List, Optional, Tuple
 
 import cv2
@@ -37,15 +41,28 @@ from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-from rass.utils.errors import UserError
+from rass.utils.errors import UserError, UserFileNotFoundError
 
 __all__ = [
-    "DataFileError", "decode_rgb", "read_image_checked", "sixteen_to_eight", "load_label", "read_label_checked", "check_labels",
+    "DataFileError", "DataFileNotFoundError", "decode_rgb", "read_image_checked", "sixteen_to_eight", "load_label",
+    "read_label_checked", "check_labels", "exif_orientation", "exif_note", "orientation_name", "EXIF_POLICIES", "DAMAGED_FILE_HINT",
 ]
+
+# INPUT.LABELLED_EXIF values: turn labelled images upright ("apply") or keep their stored pixels ("ignore").
+EXIF_POLICIES = ("apply", "ignore")
+DAMAGED_FILE_HINT = ("the file is damaged (e.g. truncated by an interrupted copy) or not an image: copy it again or "
+                     "remove it together with its annotation; `tools/check_dataset.py --dataset NAME` lists every "
+                     "unreadable file and size mismatch of a registered dataset")
+MISSING_FILE_HINT = ("the dataset's file list is read when the run starts: was the file moved or deleted since? "
+                     "`tools/check_dataset.py --dataset NAME` lists every missing or unreadable file")
 
 
 class DataFileError(UserError, ValueError):
     """An image or label file that cannot be read as what it should be (named in the message)."""
+
+
+class DataFileNotFoundError(UserFileNotFoundError):
+    """An image or label file of a dataset that does not exist (named in the message)."""
 
 
 # EXIF orientation tag (274) -> the transposition that shows the image upright (the EXIF standard).
@@ -81,6 +98,84 @@ def _orientation(im: Image.Image) -> Optional[Image.Transpose]:
     except Exception:  # broken EXIF blocks are ignored, as detectron2 does
         return None
     return _TRANSPOSE.get(exif.get(_EXIF_ORIENTATION)) if exif is not None else None
+
+
+# What each EXIF orientation asks a viewer to do (the EXIF standard).
+_ORIENTATION_NAMES = {
+    2: "mirrored left-right", 3: "rotated 180°", 4: "mirrored top-bottom", 5: "transposed",
+    6: "rotated 90° clockwise", 7: "transversed", 8: "rotated 90° counter-clockwise",
+}
+
+
+def _png_exif(f) -> Optional[bytes]:
+    """The eXIf chunk of a PNG file (read chunk headers only, skipping the pixel data)."""
+    f.seek(8)
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            return None
+        length, kind = struct.unpack(">I4s", head)
+        if kind == b"eXIf":
+            return f.read(length)
+        if kind == b"IEND":
+            return None
+        f.seek(length + 4, io.SEEK_CUR)  # data + CRC
+
+
+def exif_orientation(path: str) -> int:
+    """The EXIF orientation (1..8) of an image file, read from its header (1: none, or unreadable).
+
+    The same tag `decode_rgb` applies (a broken EXIF block counts as none, as detectron2 does).
+
+    Args:
+        path: image file.
+    """
+    try:
+        with PathManager.open(path, "rb") as f:
+            if f.read(8) == b"\x89PNG\r\n\x1a\n":  # Pillow would decode the pixels to find a late eXIf chunk
+                data = _png_exif(f)
+                if data is None:
+                    return 1
+                exif = Image.Exif()
+                exif.load(data if data.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + data)
+            else:
+                f.seek(0)
+                with Image.open(f) as im:
+                    exif = im.getexif()
+        value = int(exif.get(_EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - unreadable files / EXIF blocks: no orientation (the reader names the file)
+        return 1
+    return value if value in _TRANSPOSE else 1
+
+
+def orientation_name(orientation: int) -> str:
+    """What an EXIF orientation asks a viewer to do, e.g. "rotated 90° clockwise" (1: "upright").
+
+    Args:
+        orientation: EXIF orientation 1..8.
+    """
+    return _ORIENTATION_NAMES.get(orientation, "upright")
+
+
+def exif_note(image_path: str, applied: bool = True) -> Optional[Tuple[str, str]]:
+    """For a size mismatch between an image and its label: what the image's EXIF orientation did.
+
+    Args:
+        image_path: the labelled image.
+        applied: whether the reader applied the orientation (INPUT.LABELLED_EXIF "apply").
+
+    Returns:
+        None when the image has no EXIF orientation, else (sentence for the message, hint).
+    """
+    o = exif_orientation(image_path) if image_path else 1
+    if o == 1:
+        return None
+    policy, other = ("apply", "ignore") if applied else ("ignore", "apply")
+    done = "so it is read upright" if applied else "but it is read as stored"
+    follows = "stored pixels" if applied else "upright image"
+    return (f"; the image carries EXIF orientation {o} ({orientation_name(o)} for display), {done} "
+            f"(INPUT.LABELLED_EXIF {policy!r})",
+            f"if the annotation follows the {follows}, set INPUT.LABELLED_EXIF {other!r}")
 
 
 def sixteen_to_eight(values: np.ndarray) -> np.ndarray:
@@ -141,45 +236,50 @@ def _decode_opened(im: Image.Image, raw: List[str], data: bytes, path: str) -> n
                         hint="convert it to an 8-bit or 16-bit RGB or grayscale PNG/JPEG")
 
 
-def decode_rgb(path: str) -> np.ndarray:
+def decode_rgb(path: str, apply_exif: bool = True) -> np.ndarray:
     """Read an image file as H x W x 3 uint8 RGB, upright (EXIF orientation applied).
 
     Args:
         path: image file (any path `detectron2.utils.file_io.PathManager` opens).
+        apply_exif: apply the EXIF orientation (False: the stored pixel order).
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        DataFileNotFoundError (a FileNotFoundError): the file does not exist.
         DataFileError (a ValueError): the file cannot be decoded, or only into a wrong image
             (float or 32-bit samples, unknown modes); the message names the file.
     """
-    with PathManager.open(path, "rb") as f:
-        data = f.read()
+    try:
+        with PathManager.open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError as e:
+        raise DataFileNotFoundError(f"Image file {path} does not exist", hint=MISSING_FILE_HINT) from e
     try:
         with Image.open(io.BytesIO(data)) as im:
             raw = _rawmodes(im)  # before anything loads the pixels (getexif may)
-            method = _orientation(im)
+            method = _orientation(im) if apply_exif else None
             rgb = _decode_opened(im, raw, data, path)
     except DataFileError:
         raise
     except Exception as e:  # Pillow raises several types for broken or unknown files
-        raise DataFileError(f"Cannot decode image {path}: {type(e).__name__}: {e}") from e
+        raise DataFileError(f"Cannot decode image {path}: {type(e).__name__}: {e}", hint=DAMAGED_FILE_HINT) from e
     if method is not None:
         rgb = np.asarray(Image.fromarray(rgb).transpose(method))
     return rgb
 
 
-def read_image_checked(path: str, image_format: str = "RGB") -> np.ndarray:
+def read_image_checked(path: str, image_format: str = "RGB", apply_exif: bool = True) -> np.ndarray:
     """Read an image in a detectron2 format (see the module docstring for what is decoded how).
 
     Args:
         path: image file.
         image_format: detectron2 format ("RGB", "BGR", "L", "YUV-BT.601", ...); an 8-bit RGB file
             gives the same array as ``detectron2.data.detection_utils.read_image``.
+        apply_exif: apply the EXIF orientation, as detectron2 does (False: the stored pixel order).
 
     Returns:
         H x W x C array (uint8 except for "YUV-BT.601", as detectron2).
     """
-    rgb = decode_rgb(path)
+    rgb = decode_rgb(path, apply_exif)
     if image_format == "RGB":
         return rgb
     return convert_PIL_to_numpy(Image.fromarray(rgb), image_format)
@@ -198,10 +298,10 @@ def load_label(path: str, dtype=np.int64) -> np.ndarray:
     try:
         with Image.open(path) as im:
             arr = np.asarray(im)
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as e:
+        raise DataFileNotFoundError(f"Label file {path} does not exist", hint=MISSING_FILE_HINT) from e
     except Exception as e:
-        raise DataFileError(f"Cannot decode label image {path}: {type(e).__name__}: {e}") from e
+        raise DataFileError(f"Cannot decode label image {path}: {type(e).__name__}: {e}", hint=DAMAGED_FILE_HINT) from e
     if arr.ndim != 2:
         raise DataFileError(f"Label image {path} must be single-channel (H x W), got shape {arr.shape}")
     if arr.dtype.kind not in "biu":
@@ -223,19 +323,25 @@ def _few(values: Iterable, n: int = 10) -> str:
     return str(values[:n])[:-1] + (f", ... ({len(values)} values)]" if len(values) > n else "]")
 
 
-def read_label_checked(path: str, image_hw: Tuple[int, int], image_path: str = "") -> np.ndarray:
+def read_label_checked(path: str, image_hw: Tuple[int, int], image_path: str = "",
+                       exif_applied: bool = True) -> np.ndarray:
     """Read an 8-bit-range label map (uint8) and check that its size equals the image's.
 
     Args:
         path: label file.
-        image_hw: (height, width) of the image it annotates.
-        image_path: the image file, for the error message.
+        image_hw: (height, width) of the image it annotates, as read.
+        image_path: the image file, for the error message (which mentions its EXIF orientation).
+        exif_applied: whether the image was read with its EXIF orientation applied.
     """
     label = load_label(path, np.uint8)
     if label.shape != tuple(image_hw):
+        note = exif_note(image_path, exif_applied)
         raise DataFileError(
             f"Annotation {path} has size {label.shape[1]}x{label.shape[0]} (WxH) but image "
-            f"{image_path or '?'} has size {image_hw[1]}x{image_hw[0]} (WxH)"
+            f"{image_path or '?'} has size {image_hw[1]}x{image_hw[0]} (WxH)" + (note[0] if note else ""),
+            hint=note[1] if note else ("an annotation must have its image's size: regenerate it (ADE20K: "
+                                       "datasets/prepare_ade20k_sem_seg.py) or remove the pair; "
+                                       "`tools/check_dataset.py --dataset NAME` lists every mismatch"),
         )
     return label
 
