@@ -35,12 +35,10 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rass.app.inputs import DEFAULT_MAX_PIXELS, Downloads  # noqa: E402
-from rass.app.models import choose_rass_model, choose_sam_model, load_backend  # noqa: E402
+# Only what parsing the arguments needs is imported here: `--help` and argument errors answer at
+# once; the models, torch and gradio come in `main` after them.
+from rass.app.inputs import DEFAULT_MAX_PIXELS  # noqa: E402
 from rass.engine.model_build import add_init_seed_argument  # noqa: E402
-from rass.app.rass_tab import RassBackend  # noqa: E402
-from rass.app.sam_tab import SamBackend  # noqa: E402
-from rass.app.workdir import WorkDir  # noqa: E402
 from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, enable_debug, run_cli  # noqa: E402
 from rass.utils.errors import UserError  # noqa: E402
 
@@ -85,6 +83,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path in (args.config_file, args.sam_config_file):
         if path and not os.path.isfile(path):
             raise UserError(f"config file not found: {path}")
+    from rass.app.inputs import Downloads
+    from rass.app.models import choose_rass_model, choose_sam_model, load_backend
+    from rass.app.rass_tab import RassBackend
+    from rass.app.sam_tab import SamBackend
+    from rass.app.workdir import WorkDir
+
     work = WorkDir()
     work.use_for_gradio()  # before gradio is imported and builds the page
     previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that `finally` cleans up

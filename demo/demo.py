@@ -21,22 +21,22 @@ import argparse
 import os
 import sys
 import tempfile
-from typing import Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from rass.config import setup_cfg
-from rass.utils.image_io import read_image_checked
-from rass.engine import SemanticPredictor
-from rass.engine.model_build import add_init_seed_argument, seeded_init
-from rass.evaluation.visualize import class_areas, draw_legend, overlay, short_name
+# Only what parsing the arguments and checking the outputs needs is imported here: `--help` and
+# argument errors answer at once; torch, detectron2, OpenCV and the model come in `main` after them.
+from rass.engine.model_build import add_init_seed_argument
 from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, enable_debug, report_user_error, run_cli
 from rass.utils.errors import UserError
 from rass.utils.inputs import collect_image_paths
-from rass.utils.io import save_image_atomic
+from rass.utils.io import default_mode, save_image_atomic
 from rass.utils.outputs import OutputError, check_writable, image_outputs
+
+if TYPE_CHECKING:
+    from rass.engine import SemanticPredictor
 
 DemoError = OutputError  # (the demo's argument/output errors; exit code 2)
 
@@ -86,6 +86,8 @@ def plan_outputs(args: argparse.Namespace) -> Tuple[list, list, Dict[str, Tuple[
             outs = image_outputs(paths, args.output, "_labels" if args.save_labels else None)
             for folder in sorted({os.path.dirname(o) for pair in outs.values() for o in pair if o} or {args.output}):
                 check_writable(args.output, folder)
+            for line in renamed_outputs(outs):
+                print(line, file=sys.stderr)
     elif args.output:
         video_out = video_output(args.video_input, args.output)
         check_writable(args.output, os.path.dirname(video_out))
@@ -95,6 +97,8 @@ def plan_outputs(args: argparse.Namespace) -> Tuple[list, list, Dict[str, Tuple[
 # ----------------------------------------------------------------- rendering
 def summary(name: str, areas: np.ndarray, class_names: Sequence[str], top: int) -> str:
     """One line: `name: class share%, ...` for the `top` largest classes (share of the pixels)."""
+    from rass.evaluation.visualize import short_name
+
     total = max(int(areas.sum()), 1)
     order = [int(c) for c in np.argsort(-areas, kind="stable")[:top] if areas[c] > 0]
     return f"{name}: " + ", ".join(f"{short_name(class_names[c])} {100.0 * areas[c] / total:.1f}%" for c in order)
@@ -102,6 +106,8 @@ def summary(name: str, areas: np.ndarray, class_names: Sequence[str], top: int) 
 
 def render(image: np.ndarray, labels: np.ndarray, predictor: SemanticPredictor, args: argparse.Namespace) -> np.ndarray:
     """The overlay of one prediction (with the legend when asked)."""
+    from rass.evaluation.visualize import class_areas, draw_legend, overlay
+
     vis = overlay(image, labels, predictor.colors, alpha=args.opacity)
     if args.legend:
         vis = draw_legend(vis, class_areas(labels, len(predictor.class_names)), predictor.class_names, predictor.colors)
@@ -111,6 +117,9 @@ def render(image: np.ndarray, labels: np.ndarray, predictor: SemanticPredictor, 
 # ----------------------------------------------------------------- runs
 def run_images(predictor: SemanticPredictor, args: argparse.Namespace, plan) -> int:
     """Predict every input image (`plan` from `plan_outputs`); returns the number of failures."""
+    from rass.evaluation.visualize import class_areas
+    from rass.utils.image_io import read_image_checked
+
     paths, problems, outs, _ = plan
     for spec, reason in problems:
         report(f"{spec}: {reason}")
@@ -144,6 +153,23 @@ def run_images(predictor: SemanticPredictor, args: argparse.Namespace, plan) -> 
     return failed
 
 
+def renamed_outputs(outs: Dict[str, Tuple[str, Optional[str]]]) -> List[str]:
+    """One ``note:`` line per input whose output is not named after it (two inputs with the same
+    name, e.g. ``a.jpg`` and ``a.png``: the second is written as ``a-2.png``).
+
+    Args:
+        outs: input path -> (main output, extra output or None), from `image_outputs`.
+    """
+    notes: List[str] = []
+    if len(outs) < 2:  # one input: a file --output is the name the user chose
+        return notes
+    for path, (main_out, _) in outs.items():
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if os.path.splitext(os.path.basename(main_out))[0] != stem:
+            notes.append(f"note: {path} is written as {main_out} (another input is also named {stem})")
+    return notes
+
+
 def video_output(path: str, output: str) -> str:
     """The .mp4 file to write for a video: `output` itself, or `<output>/<video name>.mp4`."""
     ext = os.path.splitext(output)[1].lower()
@@ -157,6 +183,10 @@ def video_output(path: str, output: str) -> str:
 def run_video(predictor: SemanticPredictor, args: argparse.Namespace, plan) -> int:
     """Predict every frame of the video (batches of --batch-size; `plan` from `plan_outputs`);
     returns 1 on failure, else 0."""
+    import cv2
+
+    from rass.evaluation.visualize import class_areas
+
     path = args.video_input
     out_path = plan[3]
     cap = cv2.VideoCapture(path) if os.path.isfile(path) else None
@@ -202,6 +232,7 @@ def run_video(predictor: SemanticPredictor, args: argparse.Namespace, plan) -> i
             writer = None
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            os.chmod(tmp, default_mode())  # mkstemp makes 0600; the video gets the mode the images get
             os.replace(tmp, out_path)
             tmp = None
             print(f"wrote {frames} frame(s) to {out_path}")
@@ -219,6 +250,8 @@ def run_video(predictor: SemanticPredictor, args: argparse.Namespace, plan) -> i
 
 def _open_writer(out_path: str, fps: float, width: int, height: int):
     """An mp4v VideoWriter on a temporary file next to `out_path` (renamed when complete)."""
+    import cv2
+
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out_path) + ".", suffix=".mp4", dir=folder)
@@ -233,6 +266,10 @@ def _open_writer(out_path: str, fps: float, width: int, height: int):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; returns the exit code (0 ok, 1 some input failed, 2 bad arguments/config)."""
     args = parse_args(argv)
+    from rass.config import setup_cfg
+    from rass.engine import SemanticPredictor
+    from rass.engine.model_build import seeded_init
+
     try:
         cfg = setup_cfg(args.config_file, args.opts)
         plan = plan_outputs(args)  # output problems are found before the model is built

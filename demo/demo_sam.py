@@ -27,22 +27,23 @@ import argparse
 import json
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rass.config import setup_cfg  # noqa: E402
-from rass.utils.image_io import read_image_checked  # noqa: E402
-from rass.engine import PromptablePredictor  # noqa: E402
-from rass.engine.model_build import add_init_seed_argument, seeded_init  # noqa: E402
-from rass.evaluation.visualize import draw, mask_iou  # noqa: E402
+# Only what parsing the arguments, the prompts and the outputs needs is imported here: `--help` and
+# argument errors answer at once; torch, detectron2 and the model come in `main` after them.
+from rass.engine.model_build import add_init_seed_argument  # noqa: E402
 from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, enable_debug, run_cli  # noqa: E402
 from rass.utils.errors import UserError  # noqa: E402
 from rass.utils.inputs import collect_image_paths  # noqa: E402
 from rass.utils.io import save_image_atomic  # noqa: E402
 from rass.utils.outputs import check_writable, image_outputs  # noqa: E402
+
+if TYPE_CHECKING:
+    from rass.engine import PromptablePredictor
 
 Prompt = Dict[str, object]
 
@@ -170,6 +171,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     outs = image_outputs(paths, args.output, extra="_mask") if args.output else {}
     for folder in sorted({os.path.dirname(o) for pair in outs.values() for o in pair if o}):
         check_writable(args.output, folder)  # before any model is built
+    from rass.config import setup_cfg
+    from rass.engine import PromptablePredictor
+    from rass.engine.model_build import seeded_init
+    from rass.evaluation.visualize import draw, mask_iou
+    from rass.utils.image_io import read_image_checked
+
     cfg = setup_cfg(args.config_file, list(args.opts) + (["MODEL.GLESAM.ENHANCE", "True"] if args.compare else []))
     with seeded_init(args.init_seed):  # parts without weights (e.g. the tiny SAM) are seeded
         gle = PromptablePredictor(cfg)

@@ -194,8 +194,8 @@ def test_demo_app_removes_its_folder_on_sigterm(tmp_path, monkeypatch, capsys):
             threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
 
     choice = ModelChoice("none.yaml", [], "no model in this test")
-    monkeypatch.setattr(demo, "WorkDir", Work)
-    monkeypatch.setattr(demo, "load_backend", lambda *a, **k: Loaded(choice, error="no model"))
+    monkeypatch.setattr("rass.app.workdir.WorkDir", Work)
+    monkeypatch.setattr("rass.app.models.load_backend", lambda *a, **k: Loaded(choice, error="no model"))
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as e:
         demo.main(["--port", "0"])

@@ -319,7 +319,7 @@ def test_demo_output_problems_are_found_before_the_model(tmp_path, monkeypatch, 
     def no_model(cfg):
         raise AssertionError("the model must not be built")
 
-    monkeypatch.setattr(demo, "SemanticPredictor", no_model)
+    monkeypatch.setattr("rass.engine.SemanticPredictor", no_model)
     image = str(tmp_path / "in.png")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     a_file = tmp_path / "a_file"

@@ -138,3 +138,13 @@ def test_same_bytes_with_one_or_two_threads():
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, two)
+
+
+def test_lqseg_1_is_the_rass_preset():
+    """The README says so: the same parameters and, for the same seed, the same bytes (and not the input)."""
+    assert get_spec("lqseg_1") == get_spec("rass")
+    x = _images(2, 40, 56)
+    a = build_degradation("lqseg_1")(x, seeds=SEEDS[:2])
+    b = build_degradation("rass")(x, seeds=SEEDS[:2])
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    assert not torch.equal(build_degradation("lqseg_2")(x, seeds=SEEDS[:2]), a)

@@ -1,6 +1,7 @@
 """demo/demo.py: folders with a broken image, label PNGs, overlays, summaries, legend, video round trip."""
 import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from PIL import Image
 
 from rass.config import setup_cfg
 from rass.engine import SemanticPredictor
+from rass.evaluation.visualize import overlay
 from tests.conftest import REPO, load_script
 from tests.test_predictor import CFG, save_tiny_checkpoint
 
@@ -153,8 +155,63 @@ def test_video_round_trip(tmp_path, weights):
     assert outputs[0].shape == (64, 96, 3)
     predictor = SemanticPredictor(setup_cfg(CFG, opts))
     picks = (0, 3, 6)  # first batch, second batch, the last (partial) batch
-    expected = [demo.overlay(inputs[i], predictor(inputs[i])["labels"].numpy(), predictor.colors, 0.5) for i in picks]
+    expected = [overlay(inputs[i], predictor(inputs[i])["labels"].numpy(), predictor.colors, 0.5) for i in picks]
     for k, i in enumerate(picks):
         errs = [np.abs(outputs[i].astype(float) - e).mean() for e in expected]
         assert errs[k] < 6.0 and errs[k] == min(errs), (i, errs)  # mp4v is lossy; frames stay in order
     assert demo.main(["--config-file", CFG, "--video-input", str(tmp_path / "none.mp4"), "--opts", *opts]) == 1
+
+
+def test_video_output_gets_the_mode_of_the_images(tmp_path, weights):
+    src = tmp_path / "clip.mp4"
+    _make_video(src, frames=2)
+    old = os.umask(0o027)  # not the usual 022, so that 0600 (mkstemp) and 0644 cannot pass by chance
+    try:
+        assert demo.main(["--config-file", CFG, "--video-input", str(src), "--output", str(tmp_path / "out.mp4"),
+                          "--opts", "MODEL.WEIGHTS", weights]) == 0
+        image = _write_images(tmp_path / "in", [(32, 40)])[0]
+        assert demo.main(["--config-file", CFG, "--input", image, "--output", str(tmp_path / "img"),
+                          "--opts", "MODEL.WEIGHTS", weights]) == 0
+    finally:
+        os.umask(old)
+    video_mode = stat.S_IMODE(os.stat(tmp_path / "out.mp4").st_mode)
+    image_mode = stat.S_IMODE(os.stat(tmp_path / "img" / "img0.png").st_mode)
+    assert video_mode == image_mode == 0o640
+
+
+def test_two_inputs_with_the_same_name_are_told_which_is_renamed(tmp_path, weights, capsys):
+    g = np.random.default_rng(1)
+    for name in ("a/x.png", "b/x.jpg"):
+        os.makedirs(tmp_path / os.path.dirname(name), exist_ok=True)
+        Image.fromarray(g.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(tmp_path / name)
+    out = tmp_path / "out"
+    first, second = str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.jpg")
+    assert demo.main(["--config-file", CFG, "--input", first, second, "--output", str(out),
+                      "--opts", "MODEL.WEIGHTS", weights]) == 0
+    assert sorted(os.listdir(out)) == ["x-2.png", "x.png"]
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {second} is written as {out / 'x-2.png'} (another input is also named x)"]
+    assert demo.renamed_outputs({first: (str(out / "x.png"), None), str(tmp_path / "y.png"): (str(out / "y.png"), None)}) == []
+    assert demo.renamed_outputs({first: (str(tmp_path / "chosen.png"), None)}) == []  # one input: a file --output
+
+
+def test_an_unreadable_upload_is_named_by_its_file_name(tmp_path, monkeypatch):
+    import io
+
+    import rass.app.inputs as inputs
+    try:  # the message Pillow gives for an in-memory copy it cannot identify (what the image reader decodes)
+        Image.open(io.BytesIO(b"\x00" * 16))
+    except Exception as e:  # noqa: BLE001
+        pillow_message = str(e)
+    assert "<_io.BytesIO object at 0x" in pillow_message
+    upload = tmp_path / "holiday.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(upload)
+
+    def failing_reader(path, image_format):
+        raise ValueError(f"Cannot decode image {path}: UnidentifiedImageError: {pillow_message}")
+
+    monkeypatch.setattr(inputs, "read_image_checked", failing_reader)
+    with pytest.raises(inputs.AppError) as info:
+        inputs.load_upload(str(upload))
+    assert str(info.value.message) == ("holiday.png: cannot read the image (Cannot decode image holiday.png: "
+                                       "UnidentifiedImageError: cannot identify image file holiday.png)")

@@ -70,7 +70,7 @@ def test_prompt_parsing_and_output_errors_before_the_model(tmp_path, monkeypatch
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be built")
 
-    monkeypatch.setattr(demo, "PromptablePredictor", no_model)
+    monkeypatch.setattr("rass.engine.PromptablePredictor", no_model)
     cases = [
         (["--points", "60"], "expected 2 or 3 comma-separated numbers"),
         (["--points", "60,60,2"], r"label must be 1 \(positive\) or 0"),

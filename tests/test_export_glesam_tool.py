@@ -62,7 +62,7 @@ def test_bad_out_and_weights_fail_before_the_model_is_built(tool, trained, tmp_p
     def no_build(cfg):
         raise AssertionError("the model was built")
 
-    monkeypatch.setattr(tool, "build_model_noting_random_weights", no_build)
+    monkeypatch.setattr("rass.engine.model_build.build_model_noting_random_weights", no_build)
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     for out, where in [(blocker / "export", f"is below {blocker}, which is a file"), (blocker, "is a file")]:

@@ -279,7 +279,7 @@ def test_demo_and_tagging_tool_decode_a_16bit_rgb_image(tmp_path, monkeypatch):
     cv2.imwrite(p, v[:, :, ::-1])
     demo = _load_module("rass_demo_io", os.path.join(REPO, "demo", "demo.py"))
     pred = _RecordingPredictor()
-    monkeypatch.setattr(demo, "SemanticPredictor", lambda cfg: pred)  # no model: only what it is given
+    monkeypatch.setattr("rass.engine.SemanticPredictor", lambda cfg: pred)  # no model: only what it is given
     cfg = os.path.join(REPO, "configs", "quickstart", "tiny_rass.yaml")
     assert demo.main(["--config-file", cfg, "--input", p]) == 0
     np.testing.assert_array_equal(pred.images[0], _expected8(v))

@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
-from tqdm import tqdm
-
-from rass.data.check import check_dataset
 from rass.utils.image_io import EXIF_POLICIES
 
 
@@ -26,7 +23,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--labelled-exif", default="apply", choices=EXIF_POLICIES,
                    help="as INPUT.LABELLED_EXIF: read images upright ('apply', default) or as stored ('ignore')")
     a = p.parse_args(argv)
+    # after parsing: --help and argument errors answer without importing the datasets' code
+    from tqdm import tqdm
+
     import rass  # noqa: F401  (registers the datasets)
+    from rass.data.check import check_dataset
 
     bad = 0
     for name in a.dataset:

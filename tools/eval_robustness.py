@@ -34,10 +34,7 @@ import argparse
 import os
 from typing import List, Optional
 
-from detectron2.utils.logger import setup_logger
-from tqdm import tqdm
-
-from rass.engine.model_build import add_init_seed_argument, seeded_init
+from rass.engine.model_build import add_init_seed_argument
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -60,10 +57,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if a.dataset is None and not a.datasets:
         p.error("give --dataset (with --levels) and/or --datasets")
 
+    # after parsing: --help and argument errors answer without importing torch & co.
+    from detectron2.utils.logger import setup_logger
+    from tqdm import tqdm
+
     from rass.checkpoint import RASSCheckpointer
     from rass.config import setup_cfg
     from rass.data.datasets.sem_seg import datasets_root
     from rass.engine import Trainer
+    from rass.engine.model_build import seeded_init
     from rass.engine.robustness import evaluate_robustness, plain_sam_of
     from rass.utils.cli import report_user_error
     from rass.utils.errors import UserError

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-import torch
-
-from rass.engine.model_build import add_init_seed_argument, build_model_noting_random_weights, seeded_init
+from rass.engine.model_build import add_init_seed_argument
 from rass.utils.cli import report_user_error
 from rass.utils.errors import UserError, UserValueError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def export_glesam(model: torch.nn.Module, out_dir: str) -> dict:
@@ -74,10 +75,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_init_seed_argument(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     a = p.parse_args(argv)
+    # after parsing: --help and argument errors answer without importing torch & co.
     import rass  # noqa: F401  (registers the models)
     from rass.checkpoint import RASSCheckpointer
     from rass.checkpoint.files import check_weight_path
     from rass.config import setup_cfg
+    from rass.engine.model_build import build_model_noting_random_weights, seeded_init
 
     try:
         check_weight_path(a.weights, "--weights")

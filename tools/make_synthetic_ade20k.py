@@ -13,11 +13,6 @@ generated files and writes the dataset again. OUT/synthetic_ade20k.json records 
 import argparse
 from typing import List, Optional
 
-from rass.data.synthetic import count_images, make_synthetic_ade20k
-from rass.utils.cli import report_user_error
-from rass.utils.errors import UserError
-from rass.utils.outputs import make_output_folder
-
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,6 +26,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="regenerate a folder made with other settings (deletes its generated files)")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bars")
     a = p.parse_args(argv)
+    # after parsing: --help and argument errors answer without importing torch & co.
+    from rass.data.synthetic import count_images, make_synthetic_ade20k
+    from rass.utils.cli import report_user_error
+    from rass.utils.errors import UserError
+    from rass.utils.outputs import make_output_folder
     try:
         make_output_folder(a.out, "--out")
         n = make_synthetic_ade20k(a.out, a.seed, a.num_train, a.num_val, a.min_size, a.max_size,

@@ -14,11 +14,6 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
-from rass.data.synthetic_masks import make_synthetic_lqseg
-from rass.utils.cli import report_user_error
-from rass.utils.errors import UserError
-from rass.utils.outputs import make_output_folder
-
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,6 +27,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--usm", action="store_true", help="USM-sharpen before degrading (as GleSAM's released sets)")
     p.add_argument("--final-size", type=int, default=None, help="fixed NxN LQ images (GleSAM's released sets: 512); default: original size")
     a = p.parse_args(argv)
+    # after parsing: --help and argument errors answer without importing torch & co.
+    from rass.data.synthetic_masks import make_synthetic_lqseg
+    from rass.utils.cli import report_user_error
+    from rass.utils.errors import UserError
+    from rass.utils.outputs import make_output_folder
     try:
         make_output_folder(a.out, "--out")
         n = make_synthetic_lqseg(a.out, a.seed, a.num_images, a.levels, a.min_size, a.max_size, a.usm, a.final_size,

@@ -18,10 +18,7 @@ import argparse
 import sys
 from typing import List, Sequence, Tuple
 
-import numpy as np
-import torch
-
-from rass.engine.model_build import add_init_seed_argument, seeded_init
+from rass.engine.model_build import add_init_seed_argument
 from rass.utils.errors import UserError
 from rass.utils.inputs import collect_image_paths
 
@@ -45,8 +42,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def read_rgb(path: str) -> torch.Tensor:
+def read_rgb(path: str) -> "torch.Tensor":  # noqa: F821  (torch is imported after parsing)
     """Image file -> float [3, H, W] in [0, 1] (read as everywhere in the project: any bit depth, upright)."""
+    import numpy as np
+    import torch
+
     from rass.utils.image_io import read_image_checked
 
     arr = read_image_checked(path, "RGB").astype(np.float32) / 255.0
@@ -72,7 +72,11 @@ def build_opts(args: argparse.Namespace) -> List[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # after parsing: --help and argument errors answer without importing torch & co.
+    import torch
+
     from rass.config import setup_cfg
+    from rass.engine.model_build import seeded_init
     from rass.modeling.tagging import build_tagger
 
     cfg = setup_cfg(args.config_file or None, build_opts(args))

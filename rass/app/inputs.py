@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import threading
 from typing import Callable, Dict, List, Optional
@@ -22,6 +23,14 @@ __all__ = ["DEGRADATIONS", "DEFAULT_MAX_PIXELS", "load_upload", "Degrader", "che
 DEGRADATIONS = ("none", "lqseg_1", "lqseg_2", "lqseg_3", "rass")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 MAX_SEED = 2**31 - 1
+# How Python shows an in-memory file in an exception message (Pillow's "cannot identify image file <...>").
+_IN_MEMORY_FILE = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def _reason(exc: BaseException, path: str, name: str) -> str:
+    """The message of `exc` about the upload at `path`, naming it by its file name `name` (not by its
+    temporary path, nor by the in-memory copy the image reader decodes)."""
+    return _IN_MEMORY_FILE.sub(name, str(exc).replace(f"'{path}'", name).replace(path, name))
 
 
 def load_upload(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -40,15 +49,14 @@ def load_upload(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise AppError(f"{name}: the image is too large to open safely",
                        hint=f"the demo takes at most {max_pixels / 1e6:.1f} megapixels; make it smaller") from None
     except (OSError, ValueError) as e:
-        reason = str(e).replace(f"'{path}'", name).replace(path, name)  # the upload's temp path means nothing
-        raise AppError(f"{name}: not an image file this demo can read ({reason})") from None
+        raise AppError(f"{name}: not an image file this demo can read ({_reason(e, path, name)})") from None
     if w * h > max_pixels:
         raise AppError(f"{name} is {w} x {h} pixels ({w * h / 1e6:.1f} MP): the demo takes at most "
                        f"{max_pixels / 1e6:.1f} MP (--max-pixels)", hint="make the image smaller first")
     try:
         return np.ascontiguousarray(read_image_checked(path, "RGB"))
     except (OSError, ValueError) as e:
-        raise AppError(f"{name}: cannot read the image ({str(e).replace(path, name)})") from None
+        raise AppError(f"{name}: cannot read the image ({_reason(e, path, name)})") from None
 
 
 class Degrader:

@@ -165,7 +165,8 @@ def build_page(app: DemoApp, examples: List[str], before: Optional[Callable[[], 
                 if examples:
                     gr.Examples(examples=[[p] for p in examples], inputs=[c["upload"]], label="Examples")
                 c["degradation"] = gr.Radio(list(DEGRADATIONS), value="lqseg_3", label="Degradation",
-                                            info="LQSeg levels 1-3 (GleSAM's test sets) or RASS's training mix",
+                                            info="LQSeg levels 1-3 (GleSAM's test sets, slight to severe) or RASS's training mix "
+                                                 "(the same as lqseg_1)",
                                             elem_id="degradation")
                 c["seed"] = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
             c["clean_input"] = gr.Image(label="Clean", interactive=False, format="png", elem_id="clean_input")

@@ -9,7 +9,8 @@ Presets:
 - "realesrgan_x4" / "realesrgan_x2": Real-ESRGAN's own training degradation (scale 4 / 2); the
   low-resolution result is resized back to the input size (bilinear) and re-quantised.
 - "lqseg_1" / "lqseg_2" / "lqseg_3": GleSAM's LQSeg levels — the "rass" model with the
-  second-stage resize target divided by 1 / 2 / 4 (slight → severe).
+  second-stage resize target divided by 1 / 2 / 4 (slight → severe); "lqseg_1" therefore equals
+  "rass" (same parameters, byte-identical outputs for the same seed).
 - "lqseg_train": GleSAM's online training degradation (`options/lrseg_add_mask_multi_dataset_ms.yaml`):
   first-stage resize probabilities [0.1, 0.2, 0.7] over [0.5, 1.5], the second-stage divisor drawn
   per image from [1, 2, 3, 3, 4, 4, 4, 4] (P(1) = P(2) = 1/8, P(3) = 1/4, P(4) = 1/2), output at
