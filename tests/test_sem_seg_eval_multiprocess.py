@@ -37,6 +37,11 @@ SCRIPT = textwrap.dedent('''
         res = ev.evaluate()
         if comm.is_main_process():
             write_eval_results({"world": world, "processed": share, **res}, out + "/res.json")
+        if world > 1:  # orderly teardown: a rank leaving while gloo still runs may abort at exit
+            import torch.distributed as dist
+
+            comm.synchronize()
+            dist.destroy_process_group()
 
 
     if __name__ == "__main__":

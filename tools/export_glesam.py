@@ -58,9 +58,9 @@ def check_output_folder(path: str, key: str = "--out") -> None:
     Raises:
         UserValueError: `path` or one of its parents is a file.
     """
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
+    from rass.utils.outputs import nearest_existing
+
+    probe = nearest_existing(path)
     if not os.path.isdir(probe):
         where = "is a file" if probe == os.path.abspath(path) else f"is below {probe}, which is a file"
         raise UserValueError(f"{key}: {path} {where}; expected an output folder (existing or new)",

@@ -13,7 +13,8 @@ from typing import Dict, Optional, Sequence, Tuple
 from rass.utils.errors import UserError
 from rass.utils.inputs import IMAGE_EXTS
 
-__all__ = ["WRITABLE_IMAGE_EXTS", "OutputError", "image_outputs", "check_writable", "make_output_folder"]
+__all__ = ["WRITABLE_IMAGE_EXTS", "OutputError", "image_outputs", "check_writable", "make_output_folder",
+           "nearest_existing"]
 
 # Image file types `rass.utils.io.save_image_atomic` writes (an --output file name must end with one).
 WRITABLE_IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -70,9 +71,7 @@ def check_writable(target: str, folder: str) -> None:
         target: the --output value, for the message.
         folder: the folder the outputs go to.
     """
-    probe = os.path.abspath(folder or ".")
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
+    probe = nearest_existing(folder or ".")
     if not os.path.isdir(probe):
         raise OutputError(f"--output {target}: {probe} is a file, so no folder can be made below it")
     try:
@@ -80,6 +79,18 @@ def check_writable(target: str, folder: str) -> None:
             pass
     except OSError as e:
         raise OutputError(f"--output {target}: cannot write in {probe} ({e.strerror or e})") from None
+
+
+def nearest_existing(path: str) -> str:
+    """The absolute path of `path` itself or of its nearest existing parent folder.
+
+    Args:
+        path: a file or folder that may not exist yet.
+    """
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    return probe
 
 
 def make_output_folder(folder: str, what: str) -> str:
@@ -98,9 +109,7 @@ def make_output_folder(folder: str, what: str) -> str:
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        probe = os.path.abspath(folder)
-        while not os.path.exists(probe):
-            probe = os.path.dirname(probe)
+        probe = nearest_existing(folder)
         if os.path.abspath(folder) == probe:
             reason = "it is an existing file, not a folder"
         elif not os.path.isdir(probe):
