@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 # Only what parsing the arguments and checking the outputs needs is imported here: `--help` and
 # argument errors answer at once; torch, detectron2, OpenCV and the model come in `main` after them.
-from rass.engine.model_build import add_init_seed_argument
-from rass.utils.cli import DEBUG_FLAG, DEBUG_HELP, enable_debug, report_user_error, run_cli
+from rass.utils.cli import (DEBUG_FLAG, DEBUG_HELP, add_init_seed_argument, check_config_file, enable_debug,
+                            report_user_error, run_cli)
 from rass.utils.errors import UserError
 from rass.utils.inputs import collect_image_paths
 from rass.utils.io import default_mode, save_image_atomic
@@ -266,11 +266,12 @@ def _open_writer(out_path: str, fps: float, width: int, height: int):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; returns the exit code (0 ok, 1 some input failed, 2 bad arguments/config)."""
     args = parse_args(argv)
-    from rass.config import setup_cfg
-    from rass.engine import SemanticPredictor
-    from rass.engine.model_build import seeded_init
-
     try:
+        check_config_file(args.config_file)  # a mistyped path is reported before the heavy imports
+        from rass.config import setup_cfg
+        from rass.engine import SemanticPredictor
+        from rass.engine.model_build import seeded_init
+
         cfg = setup_cfg(args.config_file, args.opts)
         plan = plan_outputs(args)  # output problems are found before the model is built
         with seeded_init(args.init_seed):  # parts without weights (e.g. MODEL.RASS.SD_PATH "") are seeded

@@ -67,6 +67,13 @@ else
   cp -r "$tmp/detectron2" "$tmp"/sal_detectron2-*.dist-info "$site/"
 fi
 
+# pysodmetrics (the SOD / DIS metrics of MGD-SAM2's evaluation) pins numpy<2.3.5 and opencv<5, which exclude
+# the numpy 2.4 / opencv 5 above; its code runs with them (tests/test_sod_metrics.py), so it is installed
+# without its pins; its other dependencies (scikit-image, scikit-learn) are in requirements.txt.
+if ! "$PY" -c "import py_sod_metrics" 2>/dev/null; then
+  pip_install --no-deps "pysodmetrics==1.6.2"
+fi
+
 echo "[setup_env] installing the rass package (editable)"
 pip_install --no-deps --no-build-isolation -e .
 

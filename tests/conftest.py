@@ -6,7 +6,10 @@ import os
 import pytest
 import torch
 
+import rass
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+rass.register_all()  # tests use the registered datasets and models (importing rass alone registers nothing)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from rass.app.inputs import Degrader, Downloads, check_seed, load_upload
-from rass.app.models import AppError, choose_rass_model, choose_sam_model, load_backend
+from rass.app.models import AppError, Loaded, choose_rass_model, choose_sam_model, load_backend
 from rass.app.rass_tab import RassBackend
 from rass.app.sam_tab import Prompts, SamBackend
 from rass.app.session import DemoApp, legend_html
@@ -58,7 +58,43 @@ def test_default_rass_model_is_the_quickstart_model_when_it_exists(tmp_path):
     assert "quickstart" in present.origin and "RANDOM" not in present.origin
     mine = choose_rass_model("my.yaml", ["MODEL.WEIGHTS", "w.pth"], quickstart_weights=str(weights))
     assert (mine.config_file, mine.opts) == ("my.yaml", ["MODEL.WEIGHTS", "w.pth"]) and "w.pth" in mine.origin
-    assert choose_sam_model(None).config_file.endswith("configs/lqseg/tiny_glesam.yaml")
+    nothing = choose_sam_model(None, quickstart_weights=str(tmp_path / "none.pth"))
+    assert nothing.config_file.endswith("configs/lqseg/tiny_glesam.yaml") and nothing.source == "random"
+
+
+def test_sam_tab_and_demo_sam_use_the_quickstarts_promptable_model_when_it_exists(tmp_path):
+    from rass.app.models import QUICKSTART_PROMPTABLE_CONFIG, with_quickstart_weights
+    from rass.checkpoint import RASSCheckpointer
+    from detectron2.modeling import build_model
+
+    config = os.path.join(REPO, QUICKSTART_PROMPTABLE_CONFIG)
+    model = build_model(setup_cfg(config))  # saved as train_net saves model_final.pth
+    with torch.no_grad():
+        model.sam.mask_decoder.iou_token.weight.fill_(0.25)
+    RASSCheckpointer(model, str(tmp_path)).save("model_final")
+    weights = str(tmp_path / "model_final.pth")
+    choice = choose_sam_model(None, ["MODEL.DEVICE", "cpu"], quickstart_weights=weights)
+    assert choice.source == "quickstart" and choice.config_file == config
+    assert choice.opts == ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"]
+    loaded = load_backend(choice, SamBackend.from_cfg)
+    assert loaded.error is None and list(loaded.backend.methods) == ["SAM"]  # plain SAM: no GleSAM column
+    sam_model = loaded.backend.methods["SAM"].model
+    assert torch.all(sam_model.sam.mask_decoder.iou_token.weight == 0.25)
+    app = _app(load_backend(choose_rass_model(TINY_RASS), RassBackend.from_cfg), loaded, tmp_path)
+    assert app.models_markdown().splitlines()[1] == (
+        "- **SAM**: the quickstart's small model, trained on synthetic images — it shows how the method works, "
+        "not the paper's accuracy.")
+    from rass.app.page import build_page
+
+    assert not app.has_glesam and build_page(app, []).components["sam_GleSAM"].visible is False  # no empty column
+    # the quickstart's config without MODEL.WEIGHTS means its trained model (demo_sam.py, --sam-config-file)...
+    assert with_quickstart_weights(config, ["A", "1"], weights) == (["MODEL.WEIGHTS", weights, "A", "1"], weights)
+    assert choose_sam_model(config, quickstart_weights=weights).source == "quickstart"
+    # ...but not with MODEL.WEIGHTS given, another config, or before the quickstart has run
+    assert with_quickstart_weights(config, ["MODEL.WEIGHTS", "w.pth"], weights) == (["MODEL.WEIGHTS", "w.pth"], None)
+    assert with_quickstart_weights(TINY_SAM, [], weights) == ([], None)
+    assert with_quickstart_weights(config, [], str(tmp_path / "absent.pth")) == ([], None)
+    assert choose_sam_model(TINY_SAM, quickstart_weights=weights).source == "configured"
 
 
 def test_random_weights_are_listed_and_a_missing_weights_file_becomes_the_tabs_message(rass_backend, sam_backend,
@@ -78,8 +114,21 @@ def test_random_weights_are_listed_and_a_missing_weights_file_becomes_the_tabs_m
     swapped = load_backend(choose_rass_model(TINY_GLESAM), RassBackend.from_cfg)
     assert "SAM / GleSAM config" in swapped.error and "--sam-config-file" in swapped.error
     app = _app(broken, sam_backend, tmp_path)
-    text = app.models_markdown()
-    assert "not available" in text and "nope.pth" in text and "MODEL.SAM.CHECKPOINT is empty" in text
+    text, details = app.models_markdown(), app.models_details()
+    assert "**RASS**: not available: its model could not be built (the technical details say why)" in text
+    assert "**not available**: MODEL.WEIGHTS: checkpoint file not found" in details and missing in details
+    assert "**SAM and GleSAM**: your model (tiny_glesam.yaml) — but some parts have random weights, so results " \
+           "are not meaningful" in text
+    assert "MODEL." not in text  # the plain lines have no config jargon...
+    assert "MODEL.SAM.CHECKPOINT is empty" in details and "MODEL.GLESAM.LORA_PATH is empty" in details  # ...these do
+    demo = _app(rass_backend, load_backend(choose_sam_model(None, quickstart_weights=missing), SamBackend.from_cfg),
+                tmp_path)
+    lines = demo.models_markdown().splitlines()
+    assert lines == ["- **RASS**: your model (tiny_rass.yaml) — but some parts have random weights, so results are "
+                     "not meaningful (see the details).",
+                     "- **SAM and GleSAM**: demo weights (random) — results are not meaningful. "
+                     "`scripts/quickstart.sh` trains a small model in minutes; docs/MODEL_ZOO.md lists the released "
+                     "weights."]
     with pytest.raises(AppError, match="RASS tab has no model.*nope.pth"):
         app.run_rass({"clean": np.zeros((8, 8, 3), np.uint8)})
 
@@ -194,6 +243,12 @@ def test_sam_and_glesam_masks_with_their_ious(sam_backend, scene):
         assert res.iou_pred[name] == pytest.approx(float(out["iou_pred"]))
         assert res.overlays[name].shape == scene.shape
     assert res.mutual_iou == pytest.approx(mask_iou(res.masks["SAM"], res.masks["GleSAM"]))
+    told = []
+    backend.run(scene, prompts, progress=lambda fraction, stage: told.append((round(fraction, 2), stage)))
+    assert told == [(0.0, "encoding the image (SAM's image encoder: the slow step, once per image)"),
+                    (0.25, "enhancing the image embedding (GleSAM's denoising UNet, once per image)"),
+                    (0.5, "decoding SAM's mask"), (0.75, "decoding GleSAM's mask"), (1.0, "done")]
+    assert set(res.seconds) == {"encoder", "enhancement", "SAM", "GleSAM"}
     with pytest.raises(AppError, match="no prompt yet"):
         backend.run(scene, Prompts())
     with pytest.raises(AppError, match="outside"):
@@ -210,16 +265,22 @@ def test_actions_from_upload_to_downloads(rass_backend, sam_backend, tmp_path, s
     out = app.load(str(path), "lqseg_3", 2)
     state = out["state"]
     assert out["status"].startswith("Loaded scene.png") and "lqseg_3, seed 2" in out["status"]
-    np.testing.assert_array_equal(out["degraded_input"], Degrader()(scene, "lqseg_3", 2))
+    from rass.evaluation.visualize import enlarge
+
+    k = state["scale"]  # a small image is shown enlarged
+    assert k == max(1, 320 // max(scene.shape[:2]))
+    np.testing.assert_array_equal(state["degraded"], Degrader()(scene, "lqseg_3", 2))
+    np.testing.assert_array_equal(out["degraded_input"], enlarge(state["degraded"], k))
     assert out["rass_clean"] is None and out["sam_SAM"] is None  # old results cleared
     again = app.degrade(state, "none", 0)
-    np.testing.assert_array_equal(again["degraded_input"], scene)
+    np.testing.assert_array_equal(again["degraded_input"], enlarge(scene, k))
     assert app.degrade(None, "lqseg_1", 0) == {"status": "Upload an image or pick an example first."}
     with pytest.raises(AppError, match="seed"):
         app.degrade(state, "lqseg_1", -3)
 
     rass = app.run_rass(state)
-    assert rass["rass_clean"].shape == scene.shape and rass["rass_degraded"].shape == scene.shape
+    shown = (scene.shape[0] * k, scene.shape[1] * k, 3)
+    assert rass["rass_clean"].shape == shown and rass["rass_degraded"].shape == shown
     names = sorted(os.path.basename(p) for p in rass["rass_files"])
     assert names == sorted(["scene_overlay_clean.png", "scene_overlay_lqseg_3_s2.png", "scene_labels_clean.png",
                             "scene_labels_lqseg_3_s2.png", "scene_lqseg_3_s2.png"])
@@ -230,8 +291,10 @@ def test_actions_from_upload_to_downloads(rass_backend, sam_backend, tmp_path, s
     half = app.click(state, 4, 4, "box corner", True)
     assert "sam_SAM" not in half and "click the opposite corner" in half["sam_prompts"]  # no run on half a box
     done = app.click(half["state"], 60, 50, "box corner", True)
-    assert done["sam_SAM"].shape == scene.shape and done["sam_GleSAM"].shape == scene.shape
-    assert "IoU of the SAM and the GleSAM mask" in done["sam_metrics"] and "predicted IoU" in done["sam_metrics"]
+    assert done["sam_SAM"].shape == shown and done["sam_GleSAM"].shape == shown
+    corners = [4.5 / k - 0.5, 4.5 / k - 0.5, 60.5 / k - 0.5, 50.5 / k - 0.5]  # the shown pixels' centres
+    assert done["state"]["prompts"].box == pytest.approx(corners)
+    assert "Agreement of the SAM and the GleSAM mask" in done["sam_metrics"] and "predicted IoU" in done["sam_metrics"]
     masks = [p for p in done["sam_files"] if p.endswith("_mask.png")]
     assert sorted(os.path.basename(p) for p in masks) == ["scene_glesam_mask.png", "scene_sam_mask.png"]
     assert set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 255}
@@ -239,6 +302,46 @@ def test_actions_from_upload_to_downloads(rass_backend, sam_backend, tmp_path, s
     assert "sam_SAM" not in manual and manual["state"]["prompts"].labels == [1]
     cleared = app.clear_prompts(manual["state"])
     assert not cleared["state"]["prompts"].ready and cleared["sam_SAM"] is None
+
+
+def test_small_images_are_shown_enlarged_and_clicks_map_back(sam_backend, tmp_path):
+    from rass.evaluation.visualize import enlarge
+
+    tiny = np.zeros((16, 12, 3), np.uint8)
+    tiny[4:12, 3:10] = 220
+    path = tmp_path / "tiny.png"
+    Image.fromarray(tiny).save(path)
+    app = _app(Loaded(choose_rass_model(TINY_RASS), error="not needed"), sam_backend, tmp_path)
+    out = app.load(str(path), "none", 0)
+    assert out["status"].startswith("Loaded tiny.png (12 x 16 pixels, shown enlarged 20x: the results are "
+                                    "computed at the real size)")  # 320 // 16 = 20
+    np.testing.assert_array_equal(out["clean_input"], enlarge(tiny, 20))
+    assert out["clean_input"].shape == (320, 240, 3) and out["sam_canvas"].shape == (320, 240, 3)
+    told = []
+    done = app.click(out["state"], 6 * 20 + 3, 7 * 20 + 17, "positive point", True,
+                     progress=lambda fraction, stage: told.append(stage))
+    assert done["state"]["prompts"].points == [[pytest.approx(6.0 - 0.325), pytest.approx(7.0 + 0.375)]]
+    assert told[0].startswith("encoding the image") and told[-1] == "done"
+    assert done["sam_SAM"].shape == (320, 240, 3)  # shown enlarged ...
+    mask = np.asarray(Image.open(next(p for p in done["sam_files"] if p.endswith("_sam_mask.png"))))
+    assert mask.shape == (16, 12)  # ... computed and downloaded at the real size
+    shown = done["sam_SAM"]
+    np.testing.assert_array_equal(shown[::20, ::20][mask == 0], tiny[mask == 0])  # untouched pixels: the image
+
+
+def test_sam_values_are_formatted_for_people():
+    from rass.app.sam_tab import SamResult
+    from rass.app.session import sam_metrics_markdown
+    from rass.evaluation.visualize import format_score
+
+    assert [format_score(v) for v in (-0.004, 0.8712, 1.3, 0.005)] == ["0.00", "0.87", "1.00", "0.01"]
+    m = np.zeros((4, 4), bool)
+    m[:2] = True
+    res = SamResult({"SAM": m, "GleSAM": m}, {"SAM": -0.004, "GleSAM": 0.8712}, {}, {"SAM": 0.01, "GleSAM": 0.02}, 1.0)
+    text = sam_metrics_markdown(res)
+    assert "| confidence (the model's predicted IoU, 0-1) | 0.00 | 0.87 |" in text and "-0.004" not in text
+    assert "| mask area | 50.0 % of the image | 50.0 % of the image |" in text
+    assert "Agreement of the SAM and the GleSAM mask (IoU, 0-1): 1.00" in text
 
 
 def test_download_folders_are_pruned_to_the_newest(tmp_path):
@@ -302,7 +405,7 @@ def test_demo_benchmark_prints_its_table(capsys):
     from conftest import load_script
 
     bench = load_script("tools/benchmarks/bench_demo.py", "bench_demo")
-    assert bench.main(["--skip-rass", "--repeats", "1"]) == 0
+    assert bench.main(["--skip-rass", "--repeats", "1", "--sam-config-file", TINY_GLESAM]) == 0  # (not the quickstart's)
     table = capsys.readouterr().out
     for row in ("build the SAM / GleSAM model(s)", "degrade: lqseg_3", "first click on the image (SAM + GleSAM",
                 "next click on the same image (SAM + GleSAM: decoders only)"):

@@ -1,9 +1,10 @@
 """End to end: `demo/app.py` on a free loopback port, driven in headless Chromium (Debian's chromium
 and chromedriver, through selenium; nothing is downloaded).
 
-It uploads a broken file (an error message on the page, the server keeps serving), then a generated
-image, picks lqseg_3, runs RASS, clicks a point for SAM / GleSAM, checks that every result image has
-the image's size and that a mask download is the image's size, and saves screenshots of both tabs
+It checks the plain-language model lines (the configs folded away), uploads a broken file (an error
+message on the page, the server keeps serving), then a generated image, picks lqseg_3, runs RASS,
+clicks a point for SAM / GleSAM, checks that every result image has the image's size and that a mask
+download is the image's size, that a 16 x 16 upload is shown enlarged, and saves screenshots of both tabs
 (into $RASS_SCREENSHOT_DIR as well when set: that is how docs/app_*.png are made). The server is
 stopped at the end. Without the browser the test skips, saying what to install; `.ci/run` installs it.
 """
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.skipif(
     reason="no headless browser: install Debian's chromium and chromium-driver "
            "(apt-get install chromium chromium-driver; .ci/run does this)")
 QUICKSTART_WEIGHTS = os.path.join(REPO, "output", "quickstart", "model_final.pth")
+QUICKSTART_PROMPTABLE = os.path.join(REPO, "output", "quickstart", "promptable", "model_final.pth")
 START_TIMEOUT = 240
 STEP_TIMEOUT = 120
 
@@ -129,12 +131,23 @@ def test_browser_upload_degrade_rass_and_sam(server, browser, tmp_path):
 
     browser.get(server)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))
-    models = text("models")
+    models = text("models")  # plain words; the configs and weight files are folded away
+    quickstart_sam = os.path.isfile(QUICKSTART_PROMPTABLE)
+    methods = ["SAM"] if quickstart_sam else ["SAM", "GleSAM"]  # the quickstart's promptable model is plain SAM
     if os.path.isfile(QUICKSTART_WEIGHTS):
-        assert "the quickstart's tiny RASS model" in models
+        assert "RASS: the quickstart's small model, trained on synthetic images" in models
     else:
-        assert "tiny RASS configuration with RANDOM weights" in models
-    assert "SAM and GleSAM" in models and "MODEL.SAM.CHECKPOINT is empty" in models
+        assert "RASS: demo weights (random) — results are not meaningful" in models
+    if quickstart_sam:
+        assert "SAM: the quickstart's small model" in models
+    else:
+        assert "SAM and GleSAM: demo weights (random) — results are not meaningful" in models
+    details = browser.find_elements(By.ID, "models_details")
+    assert "MODEL." not in models and not (details and details[0].text)  # folded away ...
+    browser.find_element(By.XPATH, "//*[@id='models_accordion']//*[contains(text(), 'Technical details')]").click()
+    wait.until(lambda d: "MODEL.SAM.CHECKPOINT" in text("models_details") or "quickstart" in text("models_details"))
+    if not quickstart_sam:
+        assert "MODEL.SAM.CHECKPOINT is empty" in text("models_details")  # ... until opened
 
     broken = tmp_path / "broken.png"
     broken.write_text("not an image")
@@ -182,14 +195,16 @@ def test_browser_upload_degrade_rass_and_sam(server, browser, tmp_path):
     assert "Error" not in text("sam_status"), text("sam_status")
     assert text("sam_prompts").startswith("1 positive / 0 negative point(s): +(")
     assert points_and_box(text("sam_prompts")) == pytest.approx([w / 2, h / 2], abs=2.5)  # clicks land where aimed
-    for elem_id in ("sam_SAM", "sam_GleSAM"):
-        wait.until(lambda d: _natural_size(d, f"#{elem_id} img") == (w, h))
-    assert "IoU of the SAM and the GleSAM mask" in text("sam_metrics")
+    for name in methods:
+        wait.until(lambda d: _natural_size(d, f"#sam_{name} img") == (w, h))
+    assert "confidence (the model's predicted IoU, 0-1)" in text("sam_metrics")
+    assert not re.search(r"(^|\s)-\d", text("sam_metrics"))  # no negative confidence: 0..1, two decimals
+    if len(methods) == 2:
+        assert "Agreement of the SAM and the GleSAM mask" in text("sam_metrics")
     links = {a.get_attribute("download"): a.get_attribute("href")
              for a in browser.find_elements(By.CSS_SELECTOR, "#sam_files a[download]")}
-    assert sorted(links) == ["street_glesam_mask.png", "street_glesam_overlay.png", "street_sam_mask.png",
-                             "street_sam_overlay.png"]
-    with urllib.request.urlopen(links["street_glesam_mask.png"], timeout=30) as r:
+    assert sorted(links) == sorted(f"street_{m.lower()}_{kind}.png" for m in methods for kind in ("mask", "overlay"))
+    with urllib.request.urlopen(links[f"street_{methods[-1].lower()}_mask.png"], timeout=30) as r:
         mask = np.asarray(Image.open(io.BytesIO(r.read())))
     assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
     _full_page_png(browser, shots["sam"])
@@ -201,6 +216,15 @@ def test_browser_upload_degrade_rass_and_sam(server, browser, tmp_path):
     wait.until(lambda d: re.search(r"; box \d", text("sam_prompts")))  # (not "; box corner at")
     box = points_and_box(text("sam_prompts").split("; box ")[1])
     assert box == pytest.approx([w * 0.2, h * 0.25, w * 0.8, h * 0.7], abs=2.5)
+
+    tiny = tmp_path / "tiny.png"  # a 16 x 16 upload is shown enlarged, not as a strip
+    Image.fromarray(image[:16, :16]).save(tiny)
+    upload(str(tiny))
+    wait.until(lambda d: "Loaded tiny.png (16 x 16 pixels, shown enlarged 20x" in text("status"))
+    for elem_id in ("clean_input", "degraded_input", "sam_canvas"):
+        wait.until(lambda d: _natural_size(d, f"#{elem_id} img") == (320, 320))
+    shown = browser.find_element(By.CSS_SELECTOR, "#degraded_input img")
+    assert browser.execute_script("return arguments[0].clientHeight", shown) >= 150
 
     example = browser.find_element(By.XPATH, "//button[.//*[contains(text(), 'synthetic_scene.png')]] | "
                                              "//button[contains(., 'synthetic_scene.png')]")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from rass.config import setup_cfg
@@ -60,8 +62,43 @@ def test_compare_writes_side_by_side_overlays_and_both_masks(tmp_path, capsys):
     assert np.asarray(Image.open(out / "a.png")).shape == (120, 320, 3)  # SAM | GleSAM
     mask = np.asarray(Image.open(out / "b_glesam_mask.png"))
     assert mask.shape == (100, 160) and set(np.unique(mask)) <= {0, 255}
-    lines = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
     assert len(lines) == 2 and "IoU SAM vs GleSAM" in lines[0]
+    assert re.search(r"GleSAM mask [\d.]+% of the image, confidence \(predicted IoU\) (0\.\d\d|1\.00); SAM [\d.]+%, "
+                     r"confidence (0\.\d\d|1\.00); IoU SAM vs GleSAM (0\.\d\d|1\.00)$", lines[0]), lines[0]
+    assert "demo weights (random): the masks are not meaningful" in captured.err  # the tiny random model
+
+
+def test_the_quickstart_config_runs_the_quickstarts_trained_model(tmp_path, monkeypatch, capsys):
+    from detectron2.modeling import build_model
+
+    import rass.app.models as models
+    from rass.checkpoint import RASSCheckpointer
+
+    _images(tmp_path)
+    config = os.path.join(REPO, models.QUICKSTART_PROMPTABLE_CONFIG)
+    model = build_model(setup_cfg(config))
+    with torch.no_grad():  # a "trained" model: the mask decoder's output differs from the seeded random one
+        for p in model.sam.mask_decoder.parameters():
+            p.add_(0.05)
+    RASSCheckpointer(model, str(tmp_path)).save("model_final")  # as train_net writes model_final.pth
+    weights = str(tmp_path / "model_final.pth")
+    monkeypatch.setattr(models, "QUICKSTART_PROMPTABLE_WEIGHTS", weights)  # absolute: project_path keeps it
+    rc = demo.main(["--config-file", config, "--input", str(tmp_path / "a.png"), "--points", "80,60",
+                    "--output", str(tmp_path / "out")])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert f"note: the quickstart's trained tiny promptable model ({weights})" in err and "random" not in err
+    expected = PromptablePredictor(setup_cfg(config, ["MODEL.WEIGHTS", weights]))(
+        np.asarray(Image.open(tmp_path / "a.png")), points=[[80, 60]])["masks"].numpy()
+    written = np.asarray(Image.open(tmp_path / "out" / "a_mask.png")) > 0
+    np.testing.assert_array_equal(written, expected)
+    from rass.engine.model_build import DEFAULT_INIT_SEED, seeded_init
+
+    with seeded_init(DEFAULT_INIT_SEED):  # what the config alone (random weights) gives: another mask
+        random = PromptablePredictor(setup_cfg(config))(np.asarray(Image.open(tmp_path / "a.png")), points=[[80, 60]])
+    assert not np.array_equal(written, random["masks"].numpy())
 
 
 def test_prompt_parsing_and_output_errors_before_the_model(tmp_path, monkeypatch, capsys):

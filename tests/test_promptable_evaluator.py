@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from rass.evaluation.promptable import PromptableMaskEvaluator, format_promptable_table, mask_metrics
 
@@ -122,3 +123,71 @@ def test_bad_predictions_are_named():
         ev.process([_inp("x", g)], [{"masks": torch.zeros(2, 10, 10, dtype=torch.bool)}])
     with pytest.raises(KeyError, match="gt_mask"):
         ev.process([{"image_id": "x"}], [{"masks": torch.zeros(10, 10, dtype=torch.bool)}])
+
+
+# ----------------------------------------------------------------- pictures (TEST.NUM_VIS)
+def _vis_input(image_id, image, gt, point, box=None):
+    inp = _inp(image_id, gt)
+    inp.update({"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+                "point_coords": torch.tensor([[point, [0.0, 0.0]]], dtype=torch.float32),
+                "point_labels": torch.tensor([[1, -1]])})  # -1: padding, not drawn
+    if box is not None:
+        inp["boxes"] = torch.tensor([box], dtype=torch.float32)
+    return inp
+
+
+def test_evaluator_draws_image_gt_and_every_models_mask_with_its_iou(tmp_path):
+    from rass.evaluation.visualize import MIN_PANEL, draw, enlarge, promptable_grid, titled
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    gt, pred, other = _square(32, 32, 8, 8, 12), _square(32, 32, 8, 10, 12), _square(32, 32, 0, 0, 6)
+    calls = []
+
+    def sam(batch):  # a second model drawn next to the evaluated one
+        calls.append(batch[0]["image_id"])
+        return [{"masks": torch.from_numpy(other)[None]}]
+
+    ev = PromptableMaskEvaluator("toy", distributed=False, output_dir=str(tmp_path), num_vis=2, model_name="GleSAM",
+                                 compare={"SAM": sam})
+    ev.reset()
+    inputs = [_vis_input(f"img/{i}", image, gt, [14.0, 13.0], [8, 8, 19, 19]) for i in range(3)]
+    ev.process(inputs, [{"masks": torch.from_numpy(pred)[None]}] * 3)
+    assert calls == ["img/0", "img/1"]  # the other model runs for the drawn images only
+    assert [os.path.relpath(p, tmp_path) for p in ev.vis_paths] == ["vis/img_0.png", "vis/img_1.png"]
+    grid = np.asarray(Image.open(ev.vis_paths[0]).convert("RGB"))
+    prompt = {"points": [[14.0, 13.0]], "labels": [1], "box": [8.0, 8.0, 19.0, 19.0]}
+    np.testing.assert_array_equal(grid, promptable_grid(image, gt, {"SAM": other, "GleSAM": pred}, prompt,
+                                                        title="img/0"))
+    k = MIN_PANEL // 32
+    side = 32 * k
+    assert grid.shape[1] == 4 * side + 3 * 4  # image | GT | SAM | GleSAM, 4-px gaps
+    # the GleSAM panel: its mask (enlarged, nearest) under a title naming it and its IoU with the GT
+    panel = grid[:, 3 * (side + 4):]
+    big_prompt = {"points": [[(14 + 0.5) * k - 0.5, (13 + 0.5) * k - 0.5]], "labels": [1],
+                  "box": [(v + 0.5) * k - 0.5 for v in (8, 8, 19, 19)]}
+    expected = titled(draw(enlarge(image, k), enlarge(pred, k), big_prompt, 0.5), "GleSAM",
+                      f"IoU with GT {120 / 168:.2f}")  # 12x12 squares 2 px apart: 120 / 168
+    np.testing.assert_array_equal(panel, expected)
+    assert not np.array_equal(titled(panel[-side:], "GleSAM", "IoU with GT 0.10"), expected)  # the IoU is written
+
+
+def test_no_pictures_by_default_and_use_model_adds_plain_sam_for_glesam(tmp_path):
+    from detectron2.modeling import build_model
+
+    from rass.config import setup_cfg
+
+    from conftest import REPO
+
+    ev = PromptableMaskEvaluator("toy", distributed=False, output_dir=str(tmp_path))
+    assert ev.num_vis == 0
+    ev.process([_inp("a", _square(8, 8, 2, 2, 3))], [{"masks": torch.zeros(8, 8, dtype=torch.bool)}])
+    assert ev.vis_paths == [] and not os.path.exists(tmp_path / "vis")
+    model = build_model(setup_cfg(os.path.join(REPO, "configs/lqseg/tiny_glesam.yaml"))).eval()
+    ev = PromptableMaskEvaluator("toy", distributed=False, output_dir=str(tmp_path), num_vis=1).use_model(model)
+    assert ev.model_name == "GleSAM" and list(ev.compare) == ["SAM"]
+    assert ev.compare["SAM"].enhancer is None and ev.compare["SAM"].sam is model.sam  # the same SAM, no enhancement
+    plain = PromptableMaskEvaluator("toy", distributed=False, num_vis=1).use_model(ev.compare["SAM"])
+    assert plain.model_name == "SAM" and plain.compare == {}
+    with pytest.raises(KeyError, match="'a' has no 'image' to draw"):
+        ev.process([_inp("a", _square(8, 8, 2, 2, 3))], [{"masks": torch.zeros(8, 8, dtype=torch.bool)}])

@@ -22,12 +22,16 @@ import json
 from collections import OrderedDict
 from typing import Any, Dict, List, Sequence, Tuple
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from rass.engine.model_build import DEFAULT_INIT_SEED, add_init_seed_argument, seeded_init
+# Parsing imports nothing heavy (`--help` and argument errors answer at once): torch, detectron2 and
+# fvcore are imported by the functions that use them.
+from rass.utils.cli import DEFAULT_INIT_SEED, add_init_seed_argument, check_config_file
 from rass.utils.io import write_text_atomic
-from rass.utils.model_summary import count_parameters  # noqa: F401  (also used by tests)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 # The deformable attention kernel's traced op, and its inputs' positions.
 DEFORM_KERNEL_OP = "torch_ms_deform_attn::forward"
@@ -69,6 +73,10 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
 def build_model_for_analysis(cfg, meta: bool = False, seed: int = DEFAULT_INIT_SEED) -> nn.Module:
     """Build the model as training does (the project's Trainer when available), random init from `seed`
     (see `rass.engine.model_build.seeded_init`)."""
+    import torch
+
+    from rass.engine.model_build import seeded_init
+
     try:
         from rass.engine import Trainer
 
@@ -94,7 +102,9 @@ def _tagger_flops(tagger: nn.Module) -> int:
     """FLOPs of one tagger pass (RAM-style taggers exposing `tag_logits` and `image_size`), else 0."""
     if not (callable(getattr(tagger, "tag_logits", None)) and hasattr(tagger, "image_size")):
         return 0
+    import torch
     from fvcore.nn import FlopCountAnalysis
+    from torch import nn
 
     class TagLogits(nn.Module):
         def __init__(self, net: nn.Module) -> None:
@@ -116,6 +126,8 @@ def _tagger_flops(tagger: nn.Module) -> int:
 
 def rass_summary(model: nn.Module, total: int, trainable: int, flops: Dict[str, int]) -> Dict[str, Any]:
     """Paper comparison and per-part numbers of a model whose backbone is RASS (else {})."""
+    from rass.utils.model_summary import count_parameters
+
     backbone = getattr(model, "backbone", None)
     parts = getattr(backbone, "analysis_parts", None)
     if type(backbone).__name__ != "RASS" or not callable(parts):
@@ -171,6 +183,7 @@ def analysis_rows(model: nn.Module, depth: int) -> List[Tuple[str, List[str]]]:
 def count_flops(model: nn.Module, height: int, width: int, device: str
                 ) -> Tuple[Dict[str, int], Dict[str, int], Dict[str, int]]:
     """fvcore FLOPs of one eval-mode image: (per module name, unsupported op counts, per operator)."""
+    import torch
     from detectron2.utils.analysis import FlopCountAnalysis
 
     model.eval()
@@ -210,8 +223,9 @@ def main(argv: Sequence[str] = None) -> Dict[str, Any]:
     add_init_seed_argument(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
-
+    check_config_file(args.config_file)  # a mistyped path is reported before the heavy imports
     from rass.config import setup_cfg
+    from rass.utils.model_summary import count_parameters
 
     cfg = setup_cfg(args.config_file, args.opts)
     model = build_model_for_analysis(cfg, meta=args.meta, seed=args.init_seed)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
-from rass.utils.image_io import EXIF_POLICIES
+from rass.utils.choices import EXIF_POLICIES
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -26,8 +26,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     # after parsing: --help and argument errors answer without importing the datasets' code
     from tqdm import tqdm
 
-    import rass  # noqa: F401  (registers the datasets)
+    from rass import register_all
     from rass.data.check import check_dataset
+
+    register_all()  # the datasets
 
     bad = 0
     for name in a.dataset:

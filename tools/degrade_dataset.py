@@ -34,14 +34,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
-from rass.data.degradation.offline import LAYOUTS, degrade_tree
-from rass.data.degradation.presets import PRESETS, spec_field_names
+# Parsing imports nothing heavy (`--help` and argument errors answer at once); the engine (torch) comes after.
+from rass.utils.choices import DEGRADATION_PRESETS, DEGRADE_LAYOUTS
 from rass.utils.cli import report_user_error
 from rass.utils.errors import UserError, UserKeyError, UserValueError
 from rass.utils.outputs import make_output_folder
 
 
 def _parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    from rass.data.degradation.presets import spec_field_names
+
     out: Dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -71,11 +73,11 @@ def _final_size(value: str) -> Optional[int]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", required=True, choices=sorted(PRESETS), help="degradation preset")
+    p.add_argument("--preset", required=True, choices=sorted(DEGRADATION_PRESETS), help="degradation preset")
     p.add_argument("--input", required=True, help="input root: ADE20K format (images/<split>/, annotations_detectron2/<split>/) "
                    "or, with --layout image_mask, the folder holding --image-dir and --mask-dir")
     p.add_argument("--output", required=True, help="output root (same layout); may hold an earlier partial run")
-    p.add_argument("--layout", default="ade20k", choices=LAYOUTS, help="input/output layout (default: ade20k)")
+    p.add_argument("--layout", default="ade20k", choices=DEGRADE_LAYOUTS, help="input/output layout (default: ade20k)")
     p.add_argument("--image-dir", default="images", help="image_mask layout: image folder, relative to --input (default: images)")
     p.add_argument("--mask-dir", default="masks", help="image_mask layout: mask folder (<stem>.png), relative to --input (default: masks)")
     p.add_argument("--usm", action="store_true", help="USM-sharpen each input first (GleSAM's LQSeg generator; used for the released sets)")
@@ -94,6 +96,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if a.layout == "image_mask" and a.splits is not None:
         p.error("--splits applies to the ade20k layout only (image_mask reads --image-dir and --mask-dir)")
     try:
+        from rass.data.degradation.offline import degrade_tree
+
         overrides = _parse_overrides(a.overrides)
         make_output_folder(a.output, "--output")
         report = degrade_tree(

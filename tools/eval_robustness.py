@@ -17,6 +17,13 @@ Examples:
     # ... or copies of any image + mask set made here with the lqseg presets
     python tools/eval_robustness.py --config-file configs/lqseg/glesam_vitl_sd21.yaml --compare-sam \\
         --dataset lqseg_ecssd_test_clear --levels clean,lqseg_1,lqseg_2,lqseg_3
+    # SAM vs RobustSAM vs GleSAM (ViT-L) on the same prompts and degraded copies
+    python tools/eval_robustness.py --config-file configs/lqseg/glesam_vitl_sd21.yaml --compare-sam \\
+        --compare-config configs/lqseg/robustsam_vit_l.yaml --dataset lqseg_ecssd_test_clear
+    # MGD-SAM2 (prompt-free) vs plain SAM2 given the GT box, on DIS-TE1 and its LQSeg copies
+    python tools/eval_robustness.py --config-file configs/dis5k/mgd_sam2_hiera_b+.yaml \\
+        --weights weights/mgd_sam2/model_epoch_best.pth --compare-config configs/lqseg/sam2_hiera_b+.yaml \\
+        --compare-opts MODEL.SAM2.CHECKPOINT weights/sam2.1_hiera_base_plus.pt --dataset dis5k_te1
 
 A level is `clean` (the dataset itself) or a degradation preset (rass, realesrgan_x2,
 realesrgan_x4, lqseg_1, lqseg_2, lqseg_3). Each degraded copy is written on the CPU with the
@@ -25,8 +32,13 @@ $DETECTRON2_DATASETS/robustness_cache) and reused by later runs. Writes OUTPUT/r
 robustness.md, robustness.png and eval_results.json (default OUTPUT: <OUTPUT_DIR>/robustness).
 Runs in one process (no --num-gpus); the drop column is relative to `clean`, else the first row.
 Promptable-mask sets (LQSeg, image + mask folders) report IoU / Dice / BoundaryIoU / PixelAcc;
-`--compare-sam` also evaluates plain SAM (the GleSAM model's own SAM weights, no enhancement, the
-same seeded prompts) on every row and reports both side by side with GleSAM's gain.
+`--compare-sam` also evaluates plain SAM (the GleSAM / RobustSAM model's own SAM weights, SAM's own
+decoding, the same seeded prompts) on every row, `--compare-config` models built from other configs
+(e.g. RobustSAM next to GleSAM), all reported side by side with the main model's gain.
+SOD / DIS sets (dis5k_*, hrsod_test, uhrsd_test, duts_test, hkuis_test, davis_s_test, sod_synthetic_test)
+report maxF / wF / S / meanE / MAE (0..1; SODEvaluator, full results in inference/*/sod_*.json): MGD-SAM2
+segments prompt-free; a promptable model (SAM2, SAM) is given the GT mask's bounding box (one object per
+image), so its numbers are an upper reference for a box-prompted model, not a prompt-free result.
 """
 from __future__ import annotations
 
@@ -34,7 +46,8 @@ import argparse
 import os
 from typing import List, Optional
 
-from rass.engine.model_build import add_init_seed_argument
+from rass.utils.cli import add_init_seed_argument, check_config_file, report_user_error
+from rass.utils.errors import UserError, UserValueError
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -42,7 +55,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--config-file", required=True, help="model config (YAML)")
     p.add_argument("--weights", default="", help="model checkpoint (.pth / .pkl); default: the weights the config "
                    "names (e.g. MODEL.SAM.CHECKPOINT and MODEL.GLESAM.LORA_PATH of a GleSAM config)")
-    p.add_argument("--compare-sam", action="store_true", help="GleSAM configs: plain SAM on the same rows too")
+    p.add_argument("--compare-sam", action="store_true",
+                   help="GleSAM / RobustSAM configs: plain SAM (the model's own SAM weights) on the same rows too")
+    p.add_argument("--compare-config", nargs="+", default=[], metavar="[NAME=]CONFIG",
+                   help="promptable configs of further models (weights as each config names them) evaluated on the "
+                        "same rows, prompts and degraded copies; NAME defaults to the method (SAM, GleSAM, RobustSAM, "
+                        "SAM2, MGD-SAM2). On SOD / DIS sets MGD-SAM2 is prompt-free and a promptable model (SAM2) is "
+                        "given the GT mask's box")
+    p.add_argument("--compare-opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="overrides of every --compare-config "
+                        "(e.g. MODEL.SAM2.CHECKPOINT weights/sam2.1_hiera_base_plus.pt)")
     p.add_argument("--dataset", help="registered clean dataset whose degraded copies are evaluated")
     p.add_argument("--levels", default="clean,lqseg_1,lqseg_2,lqseg_3",
                    help="comma-separated levels: clean and/or preset names (default: %(default)s)")
@@ -56,6 +78,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     if a.dataset is None and not a.datasets:
         p.error("give --dataset (with --levels) and/or --datasets")
+    if len(a.compare_opts) % 2:
+        p.error(f"--compare-opts takes KEY VALUE pairs, got {len(a.compare_opts)} words: {' '.join(a.compare_opts)}")
+    try:
+        check_config_file(a.config_file)  # a mistyped path is reported before the heavy imports
+        for spec in a.compare_config:
+            check_config_file(spec.rpartition("=")[2])
+    except UserError as e:
+        return report_user_error(e)
 
     # after parsing: --help and argument errors answer without importing torch & co.
     from detectron2.utils.logger import setup_logger
@@ -66,9 +96,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from rass.data.datasets.sem_seg import datasets_root
     from rass.engine import Trainer
     from rass.engine.model_build import seeded_init
-    from rass.engine.robustness import evaluate_robustness, plain_sam_of
-    from rass.utils.cli import report_user_error
-    from rass.utils.errors import UserError
+    from rass.engine.trainer import is_promptable_model
+    from rass.engine.robustness import evaluate_robustness, method_name, plain_sam_of
     from rass.utils.outputs import make_output_folder
 
     try:
@@ -88,12 +117,24 @@ def main(argv: Optional[List[str]] = None) -> int:
             model = Trainer.build_model(cfg)
         if a.weights:
             RASSCheckpointer(cfg, model, save_dir=output).load(a.weights)
-        compare = {"SAM": plain_sam_of(model)} if a.compare_sam else None
+        compare = {"SAM": plain_sam_of(model)} if a.compare_sam else {}
+        for spec in a.compare_config:
+            name, _, path = spec.rpartition("=")
+            other_cfg = setup_cfg(path, list(a.compare_opts) + ["MODEL.DEVICE", cfg.MODEL.DEVICE])
+            with seeded_init(a.init_seed):
+                other = Trainer.build_model(other_cfg).eval()
+            name = name or method_name(other)
+            if name in compare or name == method_name(model):
+                raise UserValueError(f"--compare-config {spec}: the name {name!r} is taken; write NAME={path}")
+            # a model of another input kind (SAM2 with a box next to the prompt-free MGD-SAM2) keeps its own
+            # config's test mapper; promptable models share the main config's prompts
+            same_kind = is_promptable_model(other_cfg) == is_promptable_model(cfg)
+            compare[name] = other if same_kind else (other, other_cfg)
         report = evaluate_robustness(
             cfg, model, output, dataset=a.dataset, levels=a.levels, datasets=a.datasets, seed=a.seed,
             cache_dir=cache_dir, info={"config_file": a.config_file, "weights": a.weights},
             progress=None if a.no_progress else (lambda total: tqdm(total=total, unit="img", desc="degrade")),
-            compare=compare, model_name="GleSAM" if a.compare_sam else "model",
+            compare=compare or None, model_name=method_name(model) if compare else "model",
         )
     except UserError as e:  # a RobustnessError names the level or dataset
         return report_user_error(e)

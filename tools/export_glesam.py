@@ -16,8 +16,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, List, Optional
 
-from rass.engine.model_build import add_init_seed_argument
-from rass.utils.cli import report_user_error
+from rass.utils.cli import add_init_seed_argument, check_config_file, report_user_error
 from rass.utils.errors import UserError, UserValueError
 
 if TYPE_CHECKING:
@@ -75,8 +74,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_init_seed_argument(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     a = p.parse_args(argv)
+    try:
+        check_config_file(a.config_file)  # a mistyped path is reported before the heavy imports
+    except UserError as e:
+        return report_user_error(e)
     # after parsing: --help and argument errors answer without importing torch & co.
-    import rass  # noqa: F401  (registers the models)
+    # (setup_cfg registers the models)
     from rass.checkpoint import RASSCheckpointer
     from rass.checkpoint.files import check_weight_path
     from rass.config import setup_cfg

@@ -24,6 +24,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3], help="LQ levels to write")
     p.add_argument("--min-size", type=int, default=96, help="smallest image side (px)")
     p.add_argument("--max-size", type=int, default=192, help="largest image side (px)")
+    p.add_argument("--distractors", type=int, default=0,
+                   help="other objects per image, outside its mask (a prompt must say which object is meant)")
     p.add_argument("--usm", action="store_true", help="USM-sharpen before degrading (as GleSAM's released sets)")
     p.add_argument("--final-size", type=int, default=None, help="fixed NxN LQ images (GleSAM's released sets: 512); default: original size")
     a = p.parse_args(argv)
@@ -35,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         make_output_folder(a.out, "--out")
         n = make_synthetic_lqseg(a.out, a.seed, a.num_images, a.levels, a.min_size, a.max_size, a.usm, a.final_size,
-                                 num_train=a.num_train)
+                                 num_train=a.num_train, distractors=a.distractors)
     except UserError as e:
         return report_user_error(e)
     levels = ", ".join(f"LQ-{k[2:]}: {v}" for k, v in n.items() if k.startswith("lq"))

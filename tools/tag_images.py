@@ -18,7 +18,7 @@ import argparse
 import sys
 from typing import List, Sequence, Tuple
 
-from rass.engine.model_build import add_init_seed_argument
+from rass.utils.cli import add_init_seed_argument, check_config_file
 from rass.utils.errors import UserError
 from rass.utils.inputs import collect_image_paths
 
@@ -72,6 +72,7 @@ def build_opts(args: argparse.Namespace) -> List[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    check_config_file(args.config_file)  # a mistyped path is reported before the heavy imports
     # after parsing: --help and argument errors answer without importing torch & co.
     import torch
 

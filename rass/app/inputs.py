@@ -15,13 +15,14 @@ from rass.app.models import AppError
 from rass.app.workdir import remove_oldest
 from rass.utils.image_io import read_image_checked
 from rass.data.degradation import build_degradation
+from rass.utils.choices import APP_DEGRADATIONS, DEFAULT_MAX_PIXELS
 from rass.utils.io import save_image_atomic
 
 __all__ = ["DEGRADATIONS", "DEFAULT_MAX_PIXELS", "load_upload", "Degrader", "check_seed", "Downloads"]
 
-# The degradations offered on the page: none, the three LQSeg levels and RASS's training preset.
-DEGRADATIONS = ("none", "lqseg_1", "lqseg_2", "lqseg_3", "rass")
-DEFAULT_MAX_PIXELS = 4096 * 4096
+# The degradations offered on the page (none, the LQSeg levels, RASS's preset) and the largest upload:
+# in the light `rass.utils.choices`, which the command-line parsers read.
+DEGRADATIONS = APP_DEGRADATIONS
 MAX_SEED = 2**31 - 1
 # How Python shows an in-memory file in an exception message (Pillow's "cannot identify image file <...>").
 _IN_MEMORY_FILE = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")

@@ -33,11 +33,12 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
 CSS = """
 .rass-legend td, .rass-legend th { padding: 2px 10px; }
-#status, #rass_status, #sam_status { min-height: 1.5em; }
+#status, #rass_status, #sam_status, #mgd_status { min-height: 1.5em; }
 """
 INTRO = """# RASS demo: segmentation of low-quality photos
 Upload a photo (or pick an example), choose a degradation, then compare **RASS** semantic segmentation of the
-clean and the degraded image, or click prompts for **SAM / GleSAM** on the degraded image."""
+clean and the degraded image, or click prompts for **SAM / GleSAM** on the degraded image (and, when the page has
+its tab, segment it prompt-free with **MGD-SAM2** next to SAM2 given a box)."""
 
 
 def _failure(exc: BaseException) -> str:
@@ -144,6 +145,13 @@ def _bind(components: Dict[str, gr.components.Component], outputs: Sequence[str]
     return handler
 
 
+def _stages(progress: "gr.Progress") -> Callable[[float, str], None]:
+    """progress(fraction, stage name) on gradio's progress bar (named stages instead of a seconds counter)."""
+    def tell(fraction: float, stage: str) -> None:
+        progress(fraction, desc=stage)
+    return tell
+
+
 def build_page(app: DemoApp, examples: List[str], before: Optional[Callable[[], object]] = None) -> gr.Blocks:
     """The demo page.
 
@@ -159,6 +167,8 @@ def build_page(app: DemoApp, examples: List[str], before: Optional[Callable[[], 
         c["state"] = state
         gr.Markdown(INTRO)
         c["models"] = gr.Markdown(app.models_markdown(), elem_id="models")
+        with gr.Accordion("Technical details: configs and weight files", open=False, elem_id="models_accordion"):
+            c["models_details"] = gr.Markdown(app.models_details(), elem_id="models_details")
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
                 c["upload"] = gr.File(label="Your image", file_types=["image"], elem_id="upload")
@@ -190,8 +200,13 @@ def build_page(app: DemoApp, examples: List[str], before: Optional[Callable[[], 
                         c["rass_files"] = gr.File(label="Downloads: overlays and class-id PNGs", file_count="multiple",
                                                   interactive=False, elem_id="rass_files")
             with gr.Tab("SAM / GleSAM", id="sam_tab"):
+                added = app.extra_panels  # RobustSAM, Stable-SAM, HQ-SAM, ... with their own weights
                 gr.Markdown("Click on the degraded image: points (positive / negative) or two opposite corners "
-                            "of a box. SAM and GleSAM get the same prompts.")
+                            "of a box. SAM and GleSAM (when the model has it) get the same prompts"
+                            + (f", and so {'does' if len(added) == 1 else 'do'} {' and '.join(added)} "
+                               f"({'its' if len(added) == 1 else 'their'} own weights)." if added else ".")
+                            + " **Perturb my box** replaces your box by one noisy draw (HQ-SAM's box noise; your box "
+                              "is kept for the next draw) and shows every model's mask for that same noisy box.")
                 with gr.Row():
                     c["click_mode"] = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[0], label="A click adds",
                                                elem_id="click_mode")
@@ -205,15 +220,53 @@ def build_page(app: DemoApp, examples: List[str], before: Optional[Callable[[], 
                     c["sam_canvas"] = gr.Image(label="Click here (degraded image)", interactive=False, format="png",
                                                elem_id="sam_canvas")
                     c["sam_SAM"] = gr.Image(label="SAM", interactive=False, format="png", elem_id="sam_SAM")
-                    c["sam_GleSAM"] = gr.Image(label="GleSAM", interactive=False, format="png", elem_id="sam_GleSAM")
+                    c["sam_GleSAM"] = gr.Image(label="GleSAM", interactive=False, format="png", elem_id="sam_GleSAM",
+                                               visible=app.has_glesam)  # a plain SAM model has no GleSAM mask
+                    for name in added:  # --robustsam-config-file, --extra-sam-config: more masks, same clicks
+                        c[f"sam_{name}"] = gr.Image(label=name, interactive=False, format="png",
+                                                    elem_id=f"sam_{name}")
+                with gr.Row():
+                    c["box_noise"] = gr.Slider(0.0, 0.5, value=0.2, step=0.01, label="Box noise scale",
+                                               info="0 = your box; HQ-SAM's noise moves the centre by up to "
+                                                    "scale x half the size, each side length by up to scale x it",
+                                               elem_id="box_noise")
+                    c["box_noise_seed"] = gr.Number(value=0, precision=0, minimum=0, label="Noise seed",
+                                                    elem_id="box_noise_seed")
+                    c["perturb_box"] = gr.Button("Perturb my box", elem_id="perturb_box")
+                c["sam_perturb"] = gr.Markdown("", elem_id="sam_perturb")
                 with gr.Row():
                     c["sam_metrics"] = gr.Markdown("", elem_id="sam_metrics")
                     c["sam_files"] = gr.File(label="Downloads: overlays and mask PNGs", file_count="multiple",
                                              interactive=False, elem_id="sam_files")
+            if app.mgd is not None:
+                with gr.Tab("MGD-SAM2", id="mgd_tab"):
+                    gr.Markdown("**MGD-SAM2** segments the main object of the degraded image without any prompt. "
+                                "To compare with **SAM2**, click two opposite corners of a box on the image: SAM2 "
+                                "segments what the box holds. The masks are downloadable at the image's own size.")
+                    with gr.Row():
+                        c["mgd_segment"] = gr.Button("Segment with MGD-SAM2", variant="primary", elem_id="mgd_segment")
+                        c["mgd_clear"] = gr.Button("Clear the box", elem_id="mgd_clear")
+                    c["mgd_status"] = gr.Markdown("", elem_id="mgd_status")
+                    c["mgd_box"] = gr.Markdown("", elem_id="mgd_box")
+                    with gr.Row():
+                        c["mgd_canvas"] = gr.Image(label="Click two box corners here for SAM2 (degraded image)",
+                                                   interactive=False, format="png", elem_id="mgd_canvas")
+                        c["mgd_MGD"] = gr.Image(label="MGD-SAM2 (no prompt)", interactive=False, format="png",
+                                                elem_id="mgd_MGD")
+                        c["mgd_SAM2"] = gr.Image(label="SAM2 (your box)", interactive=False, format="png",
+                                                 elem_id="mgd_SAM2")
+                    with gr.Row():
+                        c["mgd_metrics"] = gr.Markdown("", elem_id="mgd_metrics")
+                        c["mgd_files"] = gr.File(label="Downloads: masks (image size) and overlays",
+                                                 file_count="multiple", interactive=False, elem_id="mgd_files")
 
         image_out = ["state", "clean_input", "degraded_input", "sam_canvas", "sam_prompts", "status",
                      "rass_clean", "rass_degraded", "rass_legend", "rass_info", "rass_files",
-                     "sam_SAM", "sam_GleSAM", "sam_metrics", "sam_files"]
+                     "sam_SAM", "sam_GleSAM", "sam_metrics", "sam_files", "sam_perturb"]
+        sam_masks = [f"sam_{name}" for name in added]
+        image_out += sam_masks
+        if app.mgd is not None:
+            image_out += ["mgd_canvas", "mgd_box", "mgd_MGD", "mgd_SAM2", "mgd_metrics", "mgd_files"]
         outs = lambda names: [c[n] for n in names]  # noqa: E731
         c["upload"].change(bind(image_out, "status", app.load), [c["upload"], c["degradation"], c["seed"]],
                            outs(image_out))
@@ -221,22 +274,58 @@ def build_page(app: DemoApp, examples: List[str], before: Optional[Callable[[], 
             trigger(bind(image_out, "status", app.degrade), [state, c["degradation"], c["seed"]], outs(image_out))
 
         rass_out = ["rass_clean", "rass_degraded", "rass_legend", "rass_info", "rass_files", "rass_status"]
-        c["run_rass"].click(bind(rass_out, "rass_status", app.run_rass), [state], outs(rass_out))
+        run_rass = bind(rass_out, "rass_status", app.run_rass)
+
+        def on_run_rass(state_value, progress=gr.Progress()):  # noqa: B008 - gradio's way to get a progress bar
+            return run_rass(state_value, _stages(progress))
+
+        c["run_rass"].click(on_run_rass, [state], outs(rass_out))
 
         sam_out = ["state", "sam_canvas", "sam_prompts", "sam_SAM", "sam_GleSAM", "sam_metrics", "sam_files",
-                   "sam_status"]
+                   "sam_status", "sam_perturb"] + sam_masks
 
-        def click_at(state_value, index, mode, auto):
+        def click_at(state_value, index, mode, auto, progress=None):
             x, y = click_position(index)
-            return app.click(state_value, x, y, mode, auto)
+            return app.click(state_value, x, y, mode, auto, progress)
 
         click = bind(sam_out, "sam_status", click_at)
+        segment = bind(sam_out, "sam_status", app.segment)
 
-        def on_click(state_value, mode, auto, evt: gr.SelectData):
-            return click(state_value, evt.index, mode, auto)
+        def on_click(state_value, mode, auto, evt: gr.SelectData, progress=gr.Progress()):  # noqa: B008
+            return click(state_value, evt.index, mode, auto, _stages(progress))
+
+        def on_segment(state_value, progress=gr.Progress()):  # noqa: B008
+            return segment(state_value, _stages(progress))
 
         c["sam_canvas"].select(on_click, [state, c["click_mode"], c["auto_segment"]], outs(sam_out))
-        c["segment"].click(bind(sam_out, "sam_status", app.segment), [state], outs(sam_out))
+        c["segment"].click(on_segment, [state], outs(sam_out))
         c["clear_prompts"].click(bind(sam_out, "sam_status", app.clear_prompts), [state], outs(sam_out))
+        perturb = bind(sam_out, "sam_status", app.perturb)
+
+        def on_perturb(state_value, scale, seed, progress=gr.Progress()):  # noqa: B008
+            return perturb(state_value, scale, seed, _stages(progress))
+
+        c["perturb_box"].click(on_perturb, [state, c["box_noise"], c["box_noise_seed"]], outs(sam_out))
+
+        if app.mgd is not None:
+            mgd_out = ["state", "mgd_canvas", "mgd_box", "mgd_MGD", "mgd_SAM2", "mgd_metrics", "mgd_files",
+                       "mgd_status"]
+
+            def mgd_click_at(state_value, index, progress=None):
+                x, y = click_position(index)
+                return app.mgd_click(state_value, x, y, progress)
+
+            mgd_click = bind(mgd_out, "mgd_status", mgd_click_at)
+            mgd_segment = bind(mgd_out, "mgd_status", app.mgd_segment)
+
+            def on_mgd_click(state_value, evt: gr.SelectData, progress=gr.Progress()):  # noqa: B008
+                return mgd_click(state_value, evt.index, _stages(progress))
+
+            def on_mgd_segment(state_value, progress=gr.Progress()):  # noqa: B008
+                return mgd_segment(state_value, _stages(progress))
+
+            c["mgd_canvas"].select(on_mgd_click, [state], outs(mgd_out))
+            c["mgd_segment"].click(on_mgd_segment, [state], outs(mgd_out))
+            c["mgd_clear"].click(bind(mgd_out, "mgd_status", app.mgd_clear), [state], outs(mgd_out))
     page.components = c  # for tests
     return page

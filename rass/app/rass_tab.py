@@ -5,17 +5,20 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from rass.app.models import AppError
+from rass.app.models import AppError, Progress
 from rass.engine import SemanticPredictor
 from rass.evaluation.visualize import class_areas, overlay, short_name
 from rass.modeling.tagging import FixedPromptTagger
 
-__all__ = ["RassBackend", "RassResult"]
+__all__ = ["RassBackend", "RassResult", "STAGES"]
+
+# The steps of `RassBackend.run`, as the page's progress bar names them.
+STAGES = ("segmenting the clean image", "segmenting the degraded image")
 
 
 @dataclass
@@ -95,16 +98,20 @@ class RassBackend:
             tags = self.describe_tags(list(self._tags))
         return labels, tags, seconds
 
-    def run(self, clean: np.ndarray, degraded: np.ndarray) -> RassResult:
+    def run(self, clean: np.ndarray, degraded: np.ndarray,
+            progress: Optional[Progress] = None) -> RassResult:
         """Segment the clean and the degraded image.
 
         Args:
             clean: H x W x 3 uint8 RGB.
             degraded: its degraded version (same size).
+            progress: told each stage as it starts (`STAGES`), e.g. gradio's progress bar.
         """
         result = RassResult({}, {}, {}, {}, [])
         colors = self.predictor.colors
-        for key, image in (("clean", clean), ("degraded", degraded)):
+        for i, (key, image) in enumerate((("clean", clean), ("degraded", degraded))):
+            if progress is not None:
+                progress(i / len(STAGES), STAGES[i])
             labels, tags, seconds = self.predict(image)
             result.labels[key] = labels
             result.overlays[key] = overlay(image, labels, colors, alpha=self.opacity)
@@ -114,6 +121,8 @@ class RassBackend:
         area = {k: class_areas(v, n) / max(v.size, 1) * 100.0 for k, v in result.labels.items()}
         present = [int(c) for c in np.argsort(-(area["degraded"] + 1e-6 * area["clean"]), kind="stable")
                    if area["clean"][c] > 0 or area["degraded"][c] > 0]
+        if progress is not None:
+            progress(1.0, "done")
         result.legend = [(short_name(self.predictor.class_names[c]), tuple(int(v) for v in colors[c]),
                           float(area["clean"][c]), float(area["degraded"][c])) for c in present]
         return result

@@ -88,7 +88,7 @@ _TABLE: Tuple[Tuple[str, str], ...] = (
 _PLACEHOLDERS = {"i": r"\d+", "n": r"\d", "p": r"[^.]+", "rest": r".+"}
 
 
-def _compile(template: str) -> re.Pattern:
+def compile_rule(template: str) -> re.Pattern:
     pattern, pos = "", 0
     for m in re.finditer(r"\{(\w+)\}", template):
         pattern += re.escape(template[pos:m.start()]) + f"(?P<{m.group(1)}>{_PLACEHOLDERS[m.group(1)]})"
@@ -96,8 +96,8 @@ def _compile(template: str) -> re.Pattern:
     return re.compile(pattern + re.escape(template[pos:]) + r"\Z")
 
 
-_FORWARD = [(_compile(src), dst) for src, dst in _TABLE]
-_BACKWARD = [(_compile(dst), src) for src, dst in _TABLE]
+_FORWARD = [(compile_rule(src), dst) for src, dst in _TABLE]
+_BACKWARD = [(compile_rule(dst), src) for src, dst in _TABLE]
 
 
 def strip_module_prefix(name: str) -> str:
@@ -107,7 +107,7 @@ def strip_module_prefix(name: str) -> str:
     return name
 
 
-def _apply(rules, name: str) -> Optional[str]:
+def apply_rules(rules, name: str) -> Optional[str]:
     for pattern, template in rules:
         m = pattern.match(name)
         if m:
@@ -117,13 +117,13 @@ def _apply(rules, name: str) -> Optional[str]:
 
 def original_to_hf_name(name: str) -> Optional[str]:
     """The `SamModel` name of one segment-anything name (`module.` stripped); None if outside the table."""
-    return _apply(_FORWARD, strip_module_prefix(name))
+    return apply_rules(_FORWARD, strip_module_prefix(name))
 
 
 def hf_to_original_name(name: str) -> Optional[str]:
     """The segment-anything name of one `SamModel` name (`module.` stripped); None if outside the table
     (including the tied `shared_image_embedding.positional_embedding`)."""
-    return _apply(_BACKWARD, strip_module_prefix(name))
+    return apply_rules(_BACKWARD, strip_module_prefix(name))
 
 
 def _rename(state_dict: Mapping[str, T], one, drop: Iterable[str]) -> Dict[str, T]:

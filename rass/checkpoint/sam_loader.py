@@ -156,7 +156,7 @@ def _block_count(names, prefix: str) -> int:
 _SHAPE_KEYS = ("embed_dim", "depth", "num_heads", "global_attn_indexes", "window_size")
 
 
-def _file_encoder_shape(sd: Mapping[str, torch.Tensor]) -> Dict[str, object]:
+def file_encoder_shape(sd: Mapping[str, torch.Tensor]) -> Dict[str, object]:
     """The image-encoder hyper-parameters a state dict (SamModel names) implies, as far as its shapes tell:
     embed_dim, depth, patch, image_size (pos_embed grid x patch), num_heads (from the relative position
     tables' head dim), global_attn_indexes and window_size (from their lengths, 2 * side - 1). {} if no encoder."""
@@ -181,14 +181,14 @@ def _file_encoder_shape(sd: Mapping[str, torch.Tensor]) -> Dict[str, object]:
     return shape
 
 
-def _model_encoder_shape(model: nn.Module) -> Dict[str, object]:
+def model_encoder_shape(model: nn.Module) -> Dict[str, object]:
     v = model.config.vision_config
     return {"embed_dim": int(v.hidden_size), "depth": int(v.num_hidden_layers), "patch": int(v.patch_size),
             "image_size": int(v.image_size), "num_heads": int(v.num_attention_heads),
             "global_attn_indexes": tuple(int(i) for i in v.global_attn_indexes), "window_size": int(v.window_size)}
 
 
-def _variant_name(shape: Mapping[str, object]) -> Optional[str]:
+def encoder_variant_name(shape: Mapping[str, object]) -> Optional[str]:
     """The name of the SAM_VARIANTS entry whose encoder fits `shape` (fields it does not tell are not compared)."""
     from rass.modeling.sam.build import SAM_VARIANTS
 
@@ -200,7 +200,7 @@ def _variant_name(shape: Mapping[str, object]) -> Optional[str]:
     return names[0] if names else None
 
 
-def _describe(shape: Mapping[str, object]) -> str:
+def describe_encoder_shape(shape: Mapping[str, object]) -> str:
     """e.g. "vit_b (embed dim 768, 12 blocks, 12 heads, global blocks [2, 5, 8, 11], window 14, image size 1024)"."""
     parts = [f"embed dim {shape['embed_dim']}", f"{shape['depth']} blocks"]
     if "num_heads" in shape:
@@ -209,15 +209,15 @@ def _describe(shape: Mapping[str, object]) -> str:
         parts += [f"global blocks {list(shape['global_attn_indexes'])}", f"window {shape['window_size']}"]
     if "image_size" in shape:
         parts.append(f"image size {shape['image_size']}")
-    return f"{_variant_name(shape) or 'a custom SAM'} ({', '.join(parts)})"
+    return f"{encoder_variant_name(shape) or 'a custom SAM'} ({', '.join(parts)})"
 
 
 def _shape_hint(state: Mapping[str, torch.Tensor], model: nn.Module) -> Tuple[str, Optional[str]]:
     """(text appended to the mismatch message, hint) comparing the file's image encoder with the model's."""
-    got = _file_encoder_shape(state)
+    got = file_encoder_shape(state)
     if not got or not hasattr(getattr(model, "config", None), "vision_config"):
         return "", None
-    want = _model_encoder_shape(model)
+    want = model_encoder_shape(model)
     differ = [k for k in got if got[k] != want[k]]
     if not differ:
         return "", None
@@ -225,9 +225,9 @@ def _shape_hint(state: Mapping[str, torch.Tensor], model: nn.Module) -> Tuple[st
         grid = int(got["image_size"]) // int(got["patch"])
         return (f"; the image size differs: the file is for {got['image_size']}-px inputs (its pos_embed is a "
                 f"{grid}x{grid} grid of {got['patch']}-px patches), the model for {want['image_size']}-px ones "
-                f"(the encoder is the same otherwise: {_variant_name(got) or 'a custom SAM'})",
+                f"(the encoder is the same otherwise: {encoder_variant_name(got) or 'a custom SAM'})",
                 f"set MODEL.SAM.IMAGE_SIZE {got['image_size']}")
-    name = _variant_name(got)
+    name = encoder_variant_name(got)
     if name is not None:
         hint = f"set MODEL.SAM.VARIANT '{name}'"
     else:
@@ -237,7 +237,7 @@ def _shape_hint(state: Mapping[str, torch.Tensor], model: nn.Module) -> Tuple[st
                    if "global_attn_indexes" in got else ""))
     if "image_size" in differ:
         hint += f" and MODEL.SAM.IMAGE_SIZE {got['image_size']}"
-    return f"; the file looks like {_describe(got)}, the model is {_describe(want)}", hint
+    return f"; the file looks like {describe_encoder_shape(got)}, the model is {describe_encoder_shape(want)}", hint
 
 
 def load_sam_checkpoint(model: nn.Module, path: Union[str, Mapping[str, torch.Tensor]], base_path: str = "",

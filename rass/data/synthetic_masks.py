@@ -12,8 +12,10 @@ Layout written under ROOT (what `rass.data.datasets.lqseg` reads, registered as
     synthetic_lqseg.json                        seed and settings (a folder made with others is refused)
 
 Objects: ellipses, rotated rectangles, stars and thin rings (ThinObject-like), textured, on a
-textured background of another colour. Image `i` of a split depends only on (seed, split, i); the
-training images are drawn apart from the test images (another seed stream), so they never coincide.
+textured background of another colour; optionally (``distractors``) other objects outside the
+mask, so that a prompt must say which object is meant. Image `i` of a split depends only on
+(seed, split, i); the training images are drawn apart from the test images (another seed stream),
+so they never coincide.
 """
 from __future__ import annotations
 
@@ -44,8 +46,42 @@ def _texture(rng: np.random.Generator, hw: Tuple[int, int], base: np.ndarray, si
     return np.clip(grad + rng.normal(0, sigma, (h, w, 1)).astype(np.float32), 0, 255)
 
 
+def _draw_shape(rng: np.random.Generator, mask: np.ndarray, shape: str, cx: int, cy: int, r: int) -> None:
+    """Fill `shape` (one of SHAPES) of radius `r` centred at (cx, cy) into `mask` with 255."""
+    if shape == "ellipse":
+        cv2.ellipse(mask, (cx, cy), (r, max(3, int(r * rng.uniform(0.4, 1.0)))), float(rng.uniform(0, 180)), 0, 360, 255, -1)
+    elif shape == "rectangle":
+        box = cv2.boxPoints(((cx, cy), (2 * r, max(4, int(2 * r * rng.uniform(0.3, 1.0)))), float(rng.uniform(0, 90))))
+        cv2.fillPoly(mask, [np.round(box).astype(np.int32)], 255)
+    elif shape == "star":
+        n = int(rng.integers(5, 8))
+        ang = np.linspace(0, 2 * np.pi, 2 * n, endpoint=False) + rng.uniform(0, np.pi)
+        rad = np.where(np.arange(2 * n) % 2 == 0, r, r * 0.45)
+        pts = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 1)
+        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 255)
+    else:
+        cv2.circle(mask, (cx, cy), r, 255, max(2, r // 5))
+
+
+def _paint_distractors(rng: np.random.Generator, image: np.ndarray, target: np.ndarray, n: int) -> None:
+    """Paint `n` other objects into `image` (float H×W×3), apart from the `target` mask (not in it)."""
+    h, w = target.shape
+    keep_out = cv2.dilate(target, np.ones((7, 7), np.uint8)) > 0
+    for _ in range(n):
+        for _try in range(20):  # a place apart from the target
+            d = np.zeros((h, w), np.uint8)
+            r = int(min(h, w) * rng.uniform(0.1, 0.2))
+            cx, cy = int(rng.uniform(0.12, 0.88) * w), int(rng.uniform(0.12, 0.88) * h)
+            _draw_shape(rng, d, SHAPES[int(rng.integers(0, len(SHAPES)))], cx, cy, r)
+            if d.any() and not (keep_out & (d > 0)).any():
+                tex = _texture(rng, (h, w), rng.uniform(20, 235, 3).astype(np.float32), 6.0)
+                image[d > 0] = tex[d > 0]
+                keep_out |= cv2.dilate(d, np.ones((7, 7), np.uint8)) > 0
+                break
+
+
 def make_synthetic_object(
-    seed: int, index: int, min_size: int = 64, max_size: int = 128, split: str = "test"
+    seed: int, index: int, min_size: int = 64, max_size: int = 128, split: str = "test", distractors: int = 0
 ) -> Tuple[np.ndarray, np.ndarray, str]:
     """One image (H×W×3 uint8) with one object, its 0/255 mask (H×W uint8) and the shape name.
 
@@ -54,6 +90,8 @@ def make_synthetic_object(
         index: image index.
         min_size, max_size: range of the image sides in pixels.
         split: "test" or "train" (independent streams of images).
+        distractors: other objects painted apart from the object (not in its mask), so that a prompt must
+            say which object is meant; drawn from their own stream (0: the image is as without them).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -68,20 +106,10 @@ def make_synthetic_object(
     mask = np.zeros((h, w), np.uint8)
     cx, cy = int(rng.uniform(0.3, 0.7) * w), int(rng.uniform(0.3, 0.7) * h)
     r = int(min(h, w) * rng.uniform(0.15, 0.3))
-    if shape == "ellipse":
-        cv2.ellipse(mask, (cx, cy), (r, max(3, int(r * rng.uniform(0.4, 1.0)))), float(rng.uniform(0, 180)), 0, 360, 255, -1)
-    elif shape == "rectangle":
-        box = cv2.boxPoints(((cx, cy), (2 * r, max(4, int(2 * r * rng.uniform(0.3, 1.0)))), float(rng.uniform(0, 90))))
-        cv2.fillPoly(mask, [np.round(box).astype(np.int32)], 255)
-    elif shape == "star":
-        n = int(rng.integers(5, 8))
-        ang = np.linspace(0, 2 * np.pi, 2 * n, endpoint=False) + rng.uniform(0, np.pi)
-        rad = np.where(np.arange(2 * n) % 2 == 0, r, r * 0.45)
-        pts = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 1)
-        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 255)
-    else:
-        cv2.circle(mask, (cx, cy), r, 255, max(2, r // 5))
+    _draw_shape(rng, mask, shape, cx, cy, r)
     fg = _texture(rng, (h, w), fg_rgb, 6.0)
+    if distractors > 0:
+        _paint_distractors(np.random.default_rng(derive_seed(*parts, "distractors")), image, mask, int(distractors))
     inside = mask > 0
     image[inside] = fg[inside]
     return np.round(image).astype(np.uint8), mask, shape
@@ -93,7 +121,9 @@ def _check_info(root: str, info: Dict[str, Any]) -> None:
     if os.path.exists(path):
         with open(path, "r", encoding="utf-8") as f:
             old = json.load(f)
-        for key in ("seed", "num_images", "min_size", "max_size", "num_train"):
+        for key in ("seed", "num_images", "min_size", "max_size", "num_train", "distractors"):
+            if key == "distractors" and old.get(key, 0) == info[key]:  # folders made before the key: 0
+                continue
             if key == "num_train" and key not in old:  # made before the training split existed: add it
                 write_text_atomic(path, json.dumps({**old, key: info[key]}, indent=2, sort_keys=True) + "\n")
             elif old.get(key) != info[key]:
@@ -117,6 +147,7 @@ def make_synthetic_lqseg(
     final_size: Optional[int] = None,
     degradation_seed: Optional[int] = None,
     num_train: int = 0,
+    distractors: int = 0,
 ) -> Dict[str, int]:
     """Write (or complete) a synthetic LQSeg-layout set: clean images + masks, LQ-k copies and a
     clean training split.
@@ -130,6 +161,7 @@ def make_synthetic_lqseg(
         usm, final_size: GleSAM options of the LQ copies (see `degrade_tree`).
         degradation_seed: base seed of the LQ copies (default: `seed`).
         num_train: number of clean training pairs in ``train/Synthetic/{images,masks}`` (0: none).
+        distractors: other objects per image, outside its mask (`make_synthetic_object`).
 
     Returns:
         {"clean": test images written now, "lq<k>": images degraded now, ..., and with num_train > 0
@@ -143,11 +175,13 @@ def make_synthetic_lqseg(
     bad = [k for k in levels if k not in (1, 2, 3)]
     if bad:
         raise UserValueError(f"LQ levels must be 1, 2 or 3, got {bad}")
+    if distractors < 0:
+        raise UserValueError(f"distractors must be >= 0, got {distractors}")
     info = {"seed": int(seed), "num_images": int(num_images), "min_size": int(min_size), "max_size": int(max_size),
-            "num_train": int(num_train)}
+            "num_train": int(num_train), "distractors": int(distractors)}
     _check_info(root, info)
     clear = os.path.join(root, "test_clear", SET_NAME)
-    out = {"clean": _write_pairs(clear, "syn_", "test", seed, num_images, min_size, max_size)}
+    out = {"clean": _write_pairs(clear, "syn_", "test", seed, num_images, min_size, max_size, distractors)}
     for k in levels:
         rep = degrade_tree(clear, os.path.join(root, "test", SET_NAME, f"LQ-{k}"), f"lqseg_{k}",
                            int(seed if degradation_seed is None else degradation_seed), layout="image_mask",
@@ -156,11 +190,13 @@ def make_synthetic_lqseg(
             raise RuntimeError(f"LQ-{k} of {root}: {rep.failures[:3]}")
         out[f"lq{k}"] = rep.written
     if num_train:
-        out["train"] = _write_pairs(os.path.join(root, "train", SET_NAME), "syn_train_", "train", seed, num_train, min_size, max_size)
+        out["train"] = _write_pairs(os.path.join(root, "train", SET_NAME), "syn_train_", "train", seed, num_train, min_size,
+                                    max_size, distractors)
     return out
 
 
-def _write_pairs(folder: str, prefix: str, split: str, seed: int, n: int, min_size: int, max_size: int) -> int:
+def _write_pairs(folder: str, prefix: str, split: str, seed: int, n: int, min_size: int, max_size: int,
+                 distractors: int = 0) -> int:
     """Write the missing <folder>/{images,masks}/<prefix><i>.png pairs; returns how many were written."""
     written = 0
     for i in range(n):
@@ -168,7 +204,7 @@ def _write_pairs(folder: str, prefix: str, split: str, seed: int, n: int, min_si
         img_path, mask_path = os.path.join(folder, "images", stem + ".png"), os.path.join(folder, "masks", stem + ".png")
         if os.path.exists(img_path) and os.path.exists(mask_path):
             continue
-        image, mask, _ = make_synthetic_object(seed, i, min_size, max_size, split=split)
+        image, mask, _ = make_synthetic_object(seed, i, min_size, max_size, split=split, distractors=distractors)
         save_image_atomic(img_path, image)
         save_image_atomic(mask_path, mask)
         written += 1

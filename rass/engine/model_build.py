@@ -10,7 +10,6 @@ are logged then, with the count of frozen entries the checkpoint left as built.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import re
@@ -22,7 +21,7 @@ import torch
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from detectron2.modeling import build_model as d2_build_model
 
-from rass.utils.cli import debug_enabled
+from rass.utils.cli import DEFAULT_INIT_SEED, add_init_seed_argument, debug_enabled  # noqa: F401  (re-exported)
 from rass.utils.model_summary import model_summary
 from rass.utils.registry import registered
 
@@ -31,10 +30,6 @@ __all__ = ["build_model_with_summary", "build_model_noting_random_weights", "Ran
 
 logger = logging.getLogger("rass")
 _RANDOM = re.compile(r"random weights", re.I)
-
-# The seed of the parts a tool or demo builds without weights (random SAM, UNet, tagger, heads) unless
-# it is given another one (`--init-seed`): the same config gives the same model, run after run.
-DEFAULT_INIT_SEED = 0
 
 
 @contextmanager
@@ -59,17 +54,6 @@ def seeded_init(seed: int = DEFAULT_INIT_SEED) -> Iterator[None]:
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-
-
-def add_init_seed_argument(parser: argparse.ArgumentParser) -> None:
-    """The `--init-seed` option of tools that build a model (see `seeded_init`).
-
-    Args:
-        parser: the tool's argument parser.
-    """
-    parser.add_argument("--init-seed", type=int, default=DEFAULT_INIT_SEED, metavar="N",
-                        help="seed of the model parts built without weights, so that runs with random parts "
-                             "are reproducible (default: %(default)s)")
 
 
 class _Collect(logging.Filter):

@@ -1,10 +1,11 @@
-"""`PromptablePredictor`: SAM / GleSAM behind a one-call interface for an RGB array and its prompts."""
+"""`PromptablePredictor`: SAM / GleSAM / RobustSAM / HQ-SAM / Stable-SAM behind a one-call interface for an RGB
+array and its prompts."""
 from __future__ import annotations
 
 import hashlib
 import logging
 import threading
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -15,9 +16,38 @@ from rass.data.prompts import check_prompts
 from rass.engine.model_build import build_model_noting_random_weights
 from rass.utils.errors import UserValueError
 
-__all__ = ["PromptablePredictor", "LastImageCache"]
+__all__ = ["PromptablePredictor", "LastImageCache", "prompt_codec"]
 
 logger = logging.getLogger(__name__)
+
+# (images -> (per-image features, each B x ..., resized sizes); (input dict, 1-image features, resized size,
+# return_intermediates) -> output dict of `PromptableSAM.decode`)
+Encode = Callable[[List[torch.Tensor]], Tuple[Tuple[torch.Tensor, ...], List[Tuple[int, int]]]]
+Decode = Callable[..., Dict]
+
+
+def prompt_codec(model: torch.nn.Module) -> Tuple[Encode, Decode]:
+    """The (encode, decode) pair a predictor runs on `model`: the model's own `prompt_features` /
+    `decode_features` when it has them (RobustSAM, HQ-SAM: the image embedding and the first global block's
+    output), else `PromptableSAM.encode` / `decode` with the image embedding as a 1-tuple (Stable-SAM's `decode`
+    runs its plugins). The first feature is always
+    SAM's image embedding (what a plain-SAM twin decodes).
+
+    Args:
+        model: a promptable SAM model.
+    """
+    if hasattr(model, "prompt_features") and hasattr(model, "decode_features"):
+        return model.prompt_features, model.decode_features
+
+    def encode(images: List[torch.Tensor]) -> Tuple[Tuple[torch.Tensor, ...], List[Tuple[int, int]]]:
+        z, valid = model.encode(images)
+        return (z,), valid
+
+    def decode(inp: Dict, features: Tuple[torch.Tensor, ...], valid_hw: Tuple[int, int],
+               return_intermediates: bool = False) -> Dict:
+        return model.decode(inp, features[0], valid_hw, return_intermediates=return_intermediates)
+
+    return encode, decode
 
 
 class LastImageCache:
@@ -27,7 +57,7 @@ class LastImageCache:
 
     def __init__(self) -> None:
         self._key: Optional[str] = None
-        self._value: Optional[Tuple[torch.Tensor, Tuple[int, int]]] = None
+        self._value: Optional[Tuple[object, Tuple[int, int]]] = None
         self._lock = threading.Lock()
 
     @staticmethod
@@ -37,7 +67,7 @@ class LastImageCache:
         h.update(np.ascontiguousarray(image).data)
         return h.hexdigest()
 
-    def get_or_compute(self, key: str, compute) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    def get_or_compute(self, key: str, compute) -> Tuple[object, Tuple[int, int]]:
         """The cached value of `key`, else `compute()` (which then replaces the cached one)."""
         with self._lock:
             if self._key != key:
@@ -51,36 +81,42 @@ class LastImageCache:
 
 
 class PromptablePredictor:
-    """Masks for point / box prompts on one image, with a "PromptableSAM" model.
+    """Masks for point / box prompts on one image, with a "PromptableSAM" (SAM, GleSAM), "RobustSAM",
+    "PromptableSAMHQ" (HQ-SAM) or "StableSAM" model.
 
     The image keeps its aspect ratio (SAM's own preprocessing: longest side to MODEL.SAM.IMAGE_SIZE);
     prompts are pixel coordinates of the image; masks come back at the image's size. (The LQSeg
     evaluation instead follows GleSAM's loader, which first resizes every image to 512 x 512.)
-    Weights: MODEL.SAM.CHECKPOINT (+ BASE_CHECKPOINT) and MODEL.GLESAM.LORA_PATH as the model reads
-    them, then MODEL.WEIGHTS (a project checkpoint of the whole model) when it is set.
+    Weights: MODEL.SAM.CHECKPOINT (+ BASE_CHECKPOINT), MODEL.GLESAM.LORA_PATH and MODEL.ROBUSTSAM.CHECKPOINT as
+    the model reads them, then MODEL.WEIGHTS (a project checkpoint of the whole model) when it is set.
 
         predictor = PromptablePredictor(setup_cfg("configs/lqseg/glesam_vitl_sd21.yaml"))
         out = predictor(rgb, points=[[120, 80]], labels=[1])   # {"masks", "mask_logits", "iou_pred"}
         sam = predictor.plain_sam()                            # SAM alone, same weights and encoder cache
 
-    The image embedding of the last image is kept (`LastImageCache`): more prompts on the same image
-    run only the prompt encoder and the mask decoder (`clear_cache()` after changing the weights).
+    The image features of the last image are kept (`LastImageCache`; what the model's decoder reads, see
+    `prompt_codec`): more prompts on the same image run only the prompt encoder and the mask decoder
+    (`clear_cache()` after changing the weights).
 
     Args:
-        model: a PromptableSAM model in eval mode, with its weights.
+        model: a PromptableSAM or RobustSAM model, with its weights (put in eval mode).
         weight_notes: what of the model has random weights (empty when every part was loaded);
             `from_config` fills it (the same lines are logged as warnings).
         encoder_cache: the cache of SAM's (not enhanced) image embedding, to share it with another
             predictor of the same SAM (`plain_sam`); default a new one.
+        encode: the image step filling `encoder_cache` (`plain_sam` passes its parent's, so that a shared
+            cache holds one kind of features); default the model's (`prompt_codec`).
     """
 
     @configurable
     def __init__(self, *, model: torch.nn.Module, weight_notes: Sequence[str] = (),
-                 encoder_cache: Optional[LastImageCache] = None) -> None:
+                 encoder_cache: Optional[LastImageCache] = None, encode: Optional[Encode] = None) -> None:
         if not hasattr(model, "transform") or not hasattr(model, "sam"):
-            raise UserValueError(f"PromptablePredictor needs MODEL.META_ARCHITECTURE 'PromptableSAM', got "
-                                 f"{type(model).__name__}")
+            raise UserValueError(f"PromptablePredictor needs MODEL.META_ARCHITECTURE 'PromptableSAM' or 'RobustSAM', "
+                                 f"got {type(model).__name__}")
         self.model = model.eval()
+        own_encode, self._decode = prompt_codec(model)
+        self._encode = encode or own_encode
         self.weight_notes = list(weight_notes)
         self._encoded = encoder_cache or LastImageCache()
         self._enhanced = LastImageCache()
@@ -93,14 +129,22 @@ class PromptablePredictor:
         return {"model": model, "weight_notes": list(notes.messages)}
 
     @property
+    def method(self) -> str:
+        """The method's name: "SAM", "GleSAM", "RobustSAM" (`rass.engine.robustness.method_name`), "HQ-SAM",
+        "Stable-SAM" or "GleSAM + Stable-SAM" (Stable-SAM's plugins after GleSAM's enhancement)."""
+        from rass.engine.robustness import method_name
+
+        return method_name(self.model)
+
+    @property
     def enhanced(self) -> bool:
         """Whether the model runs GleSAM's latent enhancement."""
         return self.model.enhancer is not None
 
     def plain_sam(self) -> "PromptablePredictor":
-        """Plain SAM with this model's SAM (no enhancement), sharing this predictor's encoder cache:
-        SAM and GleSAM on the same image run SAM's image encoder once."""
-        return PromptablePredictor(model=self.model.plain_sam(), encoder_cache=self._encoded)
+        """Plain SAM with this model's SAM (no enhancement, SAM's own decoder), sharing this predictor's encoder
+        cache: SAM and GleSAM (or RobustSAM) on the same image run SAM's image encoder once."""
+        return PromptablePredictor(model=self.model.plain_sam(), encoder_cache=self._encoded, encode=self._encode)
 
     def clear_cache(self) -> None:
         """Forget the cached image embeddings."""
@@ -115,16 +159,23 @@ class PromptablePredictor:
         Args:
             image: H x W x 3 uint8 RGB array.
         """
-        def encode() -> Tuple[torch.Tensor, Tuple[int, int]]:
-            z, valid = self.model.encode([torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))])
-            return z, valid[0]
+        features, z, valid = self._features(image)
+        return features[0], z, valid
+
+    @torch.no_grad()
+    def _features(self, image: np.ndarray) -> Tuple[Tuple[torch.Tensor, ...], torch.Tensor, Tuple[int, int]]:
+        """(the model's features of the image, see `prompt_codec`; the embedding the decoder uses; the resized
+        size), cached."""
+        def encode() -> Tuple[Tuple[torch.Tensor, ...], Tuple[int, int]]:
+            features, valid = self._encode([torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))])
+            return tuple(features), valid[0]
 
         key = LastImageCache.key(image)
-        z_low, valid = self._encoded.get_or_compute(key, encode)
+        features, valid = self._encoded.get_or_compute(key, encode)
         if self.model.enhancer is None:
-            return z_low, z_low, valid
-        z, _ = self._enhanced.get_or_compute(key, lambda: (self.model.enhancer(z_low), valid))
-        return z_low, z, valid
+            return features, features[0], valid
+        z, _ = self._enhanced.get_or_compute(key, lambda: (self.model.enhancer(features[0]), valid))
+        return features, z, valid
 
     def embedding(self, image: np.ndarray) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """(1 x 256 x 64 x 64 image embedding, enhanced for GleSAM; the resized size in SAM's frame), cached
@@ -149,7 +200,8 @@ class PromptablePredictor:
             box: (x1, y1, x2, y2) pixels with x1 < x2, y1 < y2, or None.
             intermediates: also return "intermediates": "z_low" (z_L), "z_enhanced" (ẑ, GleSAM only),
                 "low_res_logits" [M, 4h, 4w], "iou_predictions" [M], "chosen" (index of the returned mask),
-                "multimask_logits" [3, 4h, 4w], "multimask_iou" [3] (see `PromptableSAM.decode`).
+                "multimask_logits" [3, 4h, 4w], "multimask_iou" [3] (see `PromptableSAM.decode`); RobustSAM:
+                "z_low", "robust_logits" [16, 4h, 4w], "iou_predictions" [4], "chosen" (`RobustSAM.decode_robust`).
 
         Returns:
             "masks" (H x W bool), "mask_logits" (H x W float), "iou_pred" (SAM's predicted IoU, a float tensor).
@@ -175,10 +227,10 @@ class PromptablePredictor:
             inp["point_coords"], inp["point_labels"] = coords[None], lab[None]
         if box is not None:
             inp["boxes"] = torch.as_tensor(np.asarray(box, dtype=np.float32)).reshape(1, 4)
-        z_low, z, valid = self.embeddings(image)
-        out = self.model.decode(inp, z, valid, return_intermediates=intermediates)
+        features, z, valid = self._features(image)
+        out = self._decode(inp, (z,) + tuple(features[1:]), valid, return_intermediates=intermediates)
         result = {"masks": out["masks"][0], "mask_logits": out["mask_logits"][0], "iou_pred": out["iou_pred"][0]}
         if intermediates:
             inter = {k: v[0] for k, v in out["intermediates"].items()}  # the one object
-            result["intermediates"] = {**self.model.embedding_intermediates(z_low, z), **inter}
+            result["intermediates"] = {**self.model.embedding_intermediates(features[0], z), **inter}
         return result

@@ -19,8 +19,13 @@ in the output folder, next to the ``eval_results.json`` of all rows.
 Promptable-mask datasets (LQSeg, image + mask folders; `rass.data.datasets.lqseg`) work the same
 way: their copies keep the image + mask layout (`degrade_tree(layout="image_mask")`, masks
 unchanged), rows report IoU / Dice / BoundaryIoU / PixelAcc (fractions), and `compare` adds other
-models evaluated on the same rows — e.g. plain SAM next to GleSAM (`plain_sam_of`), on the same SAM
-weights and the same seeded prompts.
+models evaluated on the same rows — e.g. plain SAM next to GleSAM or RobustSAM (`plain_sam_of`), on the
+same SAM weights and the same seeded prompts, or models built from other configs (SAM vs RobustSAM vs GleSAM).
+
+SOD / DIS sets (evaluator_type "sod", `rass.data.datasets.sod`: DIS5K, HRSOD, ..., sod_synthetic_test) have
+the same image + mask layout and are copied the same way; rows report maxF / wF / S / meanE / MAE (0..1,
+`rass.evaluation.sod.SODEvaluator`). MGD-SAM2 runs prompt-free; a promptable model (plain SAM2, SAM) on such a
+set is given the GT mask's bounding box (`rass.engine.trainer.Trainer.build_test_loader`).
 
 Single process only: call it outside `torch.distributed` (not through detectron2's `launch` with
 several processes); a process group of more than one process is refused.
@@ -43,6 +48,7 @@ from detectron2.utils import comm
 from rass.data.datasets import load_sem_seg_split
 from rass.data.datasets.lqseg import EVALUATOR_TYPE as PROMPTABLE_EVALUATOR_TYPE
 from rass.data.datasets.lqseg import load_image_mask_folder
+from rass.data.datasets.sod import EVALUATOR_TYPE as SOD_EVALUATOR_TYPE
 from rass.data.degradation.offline import degrade_tree
 from rass.data.degradation.presets import PRESETS
 from rass.evaluation.robustness_report import build_report, write_report
@@ -61,6 +67,7 @@ __all__ = [
     "prepare_level",
     "evaluate_robustness",
     "plain_sam_of",
+    "method_name",
 ]
 
 logger = logging.getLogger("rass")
@@ -132,6 +139,11 @@ def _is_promptable(name: str) -> bool:
     return MetadataCatalog.get(name).get("evaluator_type", None) == PROMPTABLE_EVALUATOR_TYPE
 
 
+def _is_image_mask(name: str) -> bool:
+    """Whether a dataset is one images folder + one masks folder (promptable-mask and SOD / DIS sets)."""
+    return _is_promptable(name) or MetadataCatalog.get(name).get("evaluator_type", None) == SOD_EVALUATOR_TYPE
+
+
 def _label_key(d: dict) -> str:
     return "mask_file" if "mask_file" in d else "sem_seg_file_name"
 
@@ -145,7 +157,7 @@ def source_split(name: str) -> Tuple[str, str, List[dict]]:
         mask folder, dataset dicts).
     """
     dicts = _dataset_dicts(name)
-    if _is_promptable(name):
+    if _is_image_mask(name):
         image_dir, mask_dir = os.path.dirname(dicts[0]["file_name"]), os.path.dirname(dicts[0]["mask_file"])
         for d in dicts:
             if os.path.dirname(d["file_name"]) != image_dir or os.path.dirname(d["mask_file"]) != mask_dir:
@@ -199,7 +211,7 @@ def _register_copy(name: str, clean: str, root: str, split: str) -> None:
         MetadataCatalog.remove(name)
     meta = {k: v for k, v in MetadataCatalog.get(clean).as_dict().items()
             if k not in ("name", "image_dir", "mask_dir", "root_env")}
-    if _is_promptable(clean):
+    if _is_image_mask(clean):
         images, masks = os.path.join(root, "images"), os.path.join(root, "masks")
         DatasetCatalog.register(name, lambda: load_image_mask_folder(name, images, masks, f"the robustness cache {root}"))
         meta.update(image_dir=images, mask_dir=masks)
@@ -237,7 +249,7 @@ def prepare_level(
     root, split, dicts, fp = source if source is not None else (*source_split(dataset), None)
     fp = fp or fingerprint(dicts)
     folder = os.path.join(cache_dir, dataset, f"{level}_seed{int(seed)}")
-    promptable = _is_promptable(dataset)
+    promptable = _is_image_mask(dataset)  # image + mask folders (promptable or SOD / DIS)
     info = {"dataset": dataset, "split": "" if promptable else split, "num_images": len(dicts), "fingerprint": fp,
             "preset": level, "seed": int(seed)}
     _check_source(folder, info)
@@ -296,13 +308,36 @@ def _evaluate(cfg, model: torch.nn.Module, item: EvalSet, output_dir: str) -> Di
                               e.hint) from e
 
 
-def plain_sam_of(model: torch.nn.Module) -> torch.nn.Module:
-    """Plain SAM sharing a GleSAM model's SAM (same weights and prompts, no latent enhancement)."""
-    from rass.modeling.meta_arch import PromptableSAM
+def method_name(model: torch.nn.Module) -> str:
+    """The report's name of a model: "RobustSAM", "HQ-SAM", "Stable-SAM", "GleSAM + Stable-SAM" (Stable-SAM's
+    plugins after GleSAM's enhancement), "GleSAM" (with the latent enhancement), "SAM", "SAM2" or "MGD-SAM2";
+    "model" for any other model."""
+    from rass.modeling.meta_arch import PromptableSAM, RobustSAM, StableSAM
+    from rass.modeling.meta_arch.mgd_sam2 import MGDSAM2
+    from rass.modeling.meta_arch.promptable_sam2 import PromptableSAM2
+    from rass.modeling.meta_arch.sam_hq import PromptableSAMHQ
 
-    if not isinstance(model, PromptableSAM) or model.enhancer is None:
+    if isinstance(model, MGDSAM2):
+        return "MGD-SAM2"
+    if isinstance(model, PromptableSAM2):
+        return "SAM2"
+    if isinstance(model, RobustSAM):
+        return "RobustSAM"
+    if isinstance(model, PromptableSAMHQ):
+        return "HQ-SAM"
+    if isinstance(model, StableSAM):
+        return "Stable-SAM" if model.enhancer is None else "GleSAM + Stable-SAM"
+    if isinstance(model, PromptableSAM):
+        return "GleSAM" if model.enhancer is not None else "SAM"
+    return "model"
+
+
+def plain_sam_of(model: torch.nn.Module) -> torch.nn.Module:
+    """Plain SAM sharing a GleSAM, RobustSAM or Stable-SAM model's SAM (same weights and prompts, SAM's own
+    decoding)."""
+    if method_name(model) not in ("GleSAM", "RobustSAM", "Stable-SAM", "GleSAM + Stable-SAM"):
         raise RobustnessError("Comparing with plain SAM needs a GleSAM model (META_ARCHITECTURE 'PromptableSAM' "
-                              "with MODEL.GLESAM.ENHANCE True)")
+                              "with MODEL.GLESAM.ENHANCE True), a RobustSAM or a Stable-SAM model")
     return model.plain_sam()
 
 
@@ -317,7 +352,7 @@ def evaluate_robustness(
     cache_dir: Optional[str] = None,
     info: Optional[Dict] = None,
     progress: Optional[Callable[[int], Any]] = None,
-    compare: Optional[Dict[str, torch.nn.Module]] = None,
+    compare: Optional[Dict[str, Union[torch.nn.Module, Tuple[torch.nn.Module, Any]]]] = None,
     model_name: str = "model",
 ) -> Dict:
     """Evaluate `model` on every level of `dataset` and on `datasets`; write the report.
@@ -336,7 +371,9 @@ def evaluate_robustness(
         info: extra fields stored under "run" in robustness.json (e.g. config file, weights).
         progress: optional progress-bar factory for the degradation (see `prepare_level`).
         compare: further models evaluated on every row, by name (e.g. {"SAM": plain_sam_of(model)});
-            their results go to ``<output_dir>/<name>/`` and into the report.
+            their results go to ``<output_dir>/<name>/`` and into the report. A ``(model, cfg)`` pair is
+            evaluated with its own config's test mapper (e.g. plain SAM2 given the GT box next to the
+            prompt-free MGD-SAM2 on a SOD set); a bare model with `cfg` (the same prompts as `model`).
         model_name: name of `model` in the report (e.g. "GleSAM").
 
     Returns:
@@ -381,7 +418,8 @@ def evaluate_robustness(
             results[item.level] = _evaluate(cfg, model, item, output_dir)
             for name, other in (compare or {}).items():
                 logger.info(f"Robustness: evaluating {name} on level {item.level!r}")
-                others[name][item.level] = _evaluate(cfg, other, item, os.path.join(output_dir, name))
+                other, other_cfg = other if isinstance(other, tuple) else (other, cfg)
+                others[name][item.level] = _evaluate(other_cfg, other, item, os.path.join(output_dir, name))
         num_images = {item.level: len(DatasetCatalog.get(item.dataset)) for item in items}
 
     by_dataset = OrderedDict((it.dataset, results[it.level]) for it in items)

@@ -17,11 +17,13 @@ from detectron2.utils.logger import setup_logger
 from rass.checkpoint import RASSCheckpointer
 from rass.checkpoint.divergence import MARKS_FILE, LossRange, TrainingDivergedError, mark_diverged, read_marks
 from rass.checkpoint.resume import apply_config_hyperparameters, snapshot_hyperparameters
-from rass.data.dataset_mappers import MAPPERS, PromptableDatasetMapper, SemanticDatasetMapper
+from rass.data.dataset_mappers import MAPPERS, MGDSODDatasetMapper, PromptableDatasetMapper, SemanticDatasetMapper
 from rass.data.datasets.lqseg import EVALUATOR_TYPE as PROMPTABLE_EVALUATOR_TYPE
+from rass.data.datasets.sod import EVALUATOR_TYPE as SOD_EVALUATOR_TYPE
 from rass.engine.model_build import build_model_with_summary
 from rass.evaluation import CheckedSemSegEvaluator, format_results_table, write_eval_results, write_overlays
 from rass.evaluation.promptable import PromptableMaskEvaluator, format_promptable_table
+from rass.evaluation.sod import SODEvaluator, format_sod_table
 from rass.solver import build_lr_scheduler, build_optimizer
 from rass.utils.errors import UserKeyError
 from rass.utils.registry import check_datasets_registered
@@ -32,6 +34,25 @@ logger = logging.getLogger("rass")
 def is_promptable(dataset_name: str) -> bool:
     """Whether a registered dataset is a promptable-mask set (image + one object mask per image)."""
     return MetadataCatalog.get(dataset_name).get("evaluator_type", None) == PROMPTABLE_EVALUATOR_TYPE
+
+
+def is_sod(dataset_name: str) -> bool:
+    """Whether a registered dataset is a salient-object / DIS set (evaluator_type "sod": image + grey mask)."""
+    return MetadataCatalog.get(dataset_name).get("evaluator_type", None) == SOD_EVALUATOR_TYPE
+
+
+def is_promptable_model(cfg) -> bool:
+    """Whether MODEL.META_ARCHITECTURE answers point / box prompts: `PromptableSAM` (SAM, GleSAM and its
+    subclasses RobustSAM, HQ-SAM, Stable-SAM), `PromptableSAM2`, or a registered class with ``promptable = True``."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from rass.modeling.meta_arch import PromptableSAM
+    from rass.modeling.meta_arch.promptable_sam2 import PromptableSAM2
+
+    cls = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE) if cfg.MODEL.META_ARCHITECTURE in META_ARCH_REGISTRY \
+        else None
+    return cls is not None and (issubclass(cls, (PromptableSAM, PromptableSAM2))
+                                or bool(getattr(cls, "promptable", False)))
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -192,8 +213,16 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
         """Test loader of `dataset_name`: the promptable mapper for promptable-mask datasets (LQSeg,
-        image + mask folders), else the semantic mapper."""
+        image + mask folders), "mgd_sod" for SOD / DIS sets, else the semantic mapper. A promptable model
+        (`is_promptable_model`, e.g. plain SAM2) on a SOD / DIS set gets the promptable mapper with the
+        "box" protocol: the GT mask's bounding box (one object per image; TEST.PROMPT.BOX_NOISE applies),
+        evaluated by the SOD evaluator like a prompt-free model."""
         check_datasets_registered("DATASETS.TEST", [dataset_name])
+        if is_sod(dataset_name) and is_promptable_model(cfg):
+            mapper = PromptableDatasetMapper(cfg, is_train=False, protocol="box")
+            return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        if is_sod(dataset_name):
+            return build_detection_test_loader(cfg, dataset_name, mapper=MGDSODDatasetMapper(cfg, is_train=False))
         if is_promptable(dataset_name):
             return build_detection_test_loader(cfg, dataset_name, mapper=PromptableDatasetMapper(cfg, is_train=False))
         return build_detection_test_loader(cfg, dataset_name, mapper=SemanticDatasetMapper(cfg, is_train=False))
@@ -205,7 +234,11 @@ class Trainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         if is_promptable(dataset_name):
-            return PromptableMaskEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+            return PromptableMaskEvaluator(dataset_name, distributed=True, output_dir=output_folder,
+                                           num_vis=cfg.TEST.NUM_VIS,
+                                           vis_dir=os.path.join(cfg.OUTPUT_DIR, "vis", dataset_name))
+        if is_sod(dataset_name):
+            return SODEvaluator(dataset_name, distributed=True, output_dir=output_folder)
         return CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
 
     @classmethod
@@ -241,6 +274,8 @@ class Trainer(DefaultTrainer):
         for idx, name in enumerate(cfg.DATASETS.TEST):
             loader = cls.build_test_loader(cfg, name)
             evaluator = evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, name)
+            if isinstance(evaluator, PromptableMaskEvaluator):
+                evaluator.use_model(_unwrap(model))  # pictures: the panel's name, GleSAM's plain-SAM mask too
             res = inference_on_dataset(model, loader, evaluator)
             results[name] = res
             if comm.is_main_process():
@@ -249,11 +284,14 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process() and results:
             semantic = OrderedDict((k, v) for k, v in results.items() if "sem_seg" in v)
             promptable = OrderedDict((k, v) for k, v in results.items() if "promptable" in v)
+            sod = OrderedDict((k, v) for k, v in results.items() if "sod" in v)
             if semantic:
                 logger.info("Semantic segmentation results:\n" + format_results_table(semantic))
             if promptable:
                 logger.info("Promptable segmentation results (fractions 0..1, averaged over images):\n"
                             + format_promptable_table(promptable))
+            if sod:
+                logger.info("SOD / DIS results:\n" + format_sod_table(sod))
             if cfg.OUTPUT_DIR:
                 write_eval_results(results, os.path.join(cfg.OUTPUT_DIR, "eval_results.json"))
                 if cfg.TEST.NUM_VIS > 0:

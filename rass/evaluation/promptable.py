@@ -11,6 +11,11 @@ both bands are empty.) Values are fractions in [0, 1], as the paper's tables; ea
 over images. Counted as well: ``empty_gt``, ``empty_pred`` and the prompts drawn by a fallback
 rule (``prompt_fallbacks``: the mapper's ``prompt_note``, see `rass.data.prompts`).
 
+Pictures (``num_vis`` > 0, TEST.NUM_VIS): the first ``num_vis`` images the main process sees are drawn as
+image | GT | <model> grids (`rass.evaluation.visualize.promptable_grid`: titles, the prompts, each mask's IoU)
+into ``vis_dir`` (default ``<output_dir>/vis``), one atomic PNG per image named by its image id; with
+`use_model` a GleSAM model's plain-SAM mask (the same SAM, no enhancement) gets a panel too, before GleSAM's.
+
 Results: ``{"promptable": {"IoU", "Dice", "BoundaryIoU", "PixelAcc", "num_images", "empty_gt",
 "empty_pred", "prompt_fallbacks"}}``; per-image values in ``<output_dir>/promptable_per_image_<dataset>.json``.
 Under several processes the per-image records are gathered to the main process (comm.gather), so
@@ -23,7 +28,8 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional
+import re
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -31,11 +37,11 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from tabulate import tabulate
 
-from rass.utils.io import atomic_open
+from rass.utils.io import atomic_open, save_image_atomic
 
 from .boundary import DILATION_RATIO, boundary_width, mask_boundary_band
 
-__all__ = ["PromptableMaskEvaluator", "mask_metrics", "format_promptable_table", "METRICS"]
+__all__ = ["PromptableMaskEvaluator", "mask_metrics", "mean_pairwise_iou", "format_promptable_table", "METRICS"]
 
 logger = logging.getLogger(__name__)
 METRICS = ("IoU", "Dice", "BoundaryIoU", "PixelAcc")
@@ -70,6 +76,25 @@ def mask_metrics(pred: np.ndarray, gt: np.ndarray, dilation_ratio: float = DILAT
     }
 
 
+def mean_pairwise_iou(masks) -> float:
+    """Stability of one object's masks under K prompt draws: the mean IoU over the K(K-1)/2 pairs (a pair of two
+    empty masks counts 1, as `mask_metrics`); 1.0 for K = 1 (nothing varies).
+
+    Args:
+        masks: K bool H x W masks (a sequence or a K x H x W array).
+    """
+    flat = np.stack([np.asarray(m, dtype=bool).reshape(-1) for m in masks]) if len(masks) else np.zeros((0, 0), bool)
+    if flat.shape[0] < 2:
+        return 1.0
+    f = flat.astype(np.float64)
+    inter = f @ f.T
+    area = f.sum(axis=1)
+    union = area[:, None] + area[None, :] - inter
+    i, j = np.triu_indices(flat.shape[0], k=1)
+    iou = np.where(union[i, j] > 0, inter[i, j] / np.maximum(union[i, j], 1.0), 1.0)
+    return float(iou.mean())
+
+
 def format_promptable_table(results: Mapping[str, Mapping]) -> str:
     """A short table (fractions) of IoU / Dice / BoundaryIoU / PixelAcc per dataset.
 
@@ -97,18 +122,76 @@ class PromptableMaskEvaluator(DatasetEvaluator):
         distributed: gather the per-image records from every process.
         output_dir: where the per-image JSON is written (None: not written).
         dilation_ratio: boundary band width as a fraction of the image diagonal.
+        num_vis: how many image | GT | mask grids to write (TEST.NUM_VIS; 0: none).
+        vis_dir: where they go (default ``<output_dir>/vis``; nothing is drawn without either).
+        model_name: the title of the evaluated model's panel.
+        compare: further models drawn next to it on the same inputs, by panel title (e.g. {"SAM":
+            plain SAM}); each maps a list of input dicts to outputs with "masks". See `use_model`.
     """
 
     def __init__(self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None,
-                 dilation_ratio: float = DILATION_RATIO) -> None:
+                 dilation_ratio: float = DILATION_RATIO, num_vis: int = 0, vis_dir: Optional[str] = None,
+                 model_name: str = "prediction", compare: Optional[Dict[str, Callable]] = None) -> None:
         self.dataset_name = dataset_name
         self.distributed = distributed
         self.output_dir = output_dir
         self.dilation_ratio = dilation_ratio
+        self.num_vis = max(0, int(num_vis))
+        self.vis_dir = vis_dir or (os.path.join(output_dir, "vis") if output_dir else None)
+        self.model_name = model_name
+        self.compare: Dict[str, Callable] = dict(compare or {})
+        self.vis_paths: List[str] = []
         self._records: List[Dict[str, Any]] = []
+
+    def use_model(self, model: torch.nn.Module) -> "PromptableMaskEvaluator":
+        """Name the evaluated model's panel after it and, for a GleSAM model (a "PromptableSAM" with
+        its enhancer), draw plain SAM's mask (`model.plain_sam()`: the same SAM, no enhancement) too.
+
+        Args:
+            model: the evaluated model (unwrapped from DistributedDataParallel).
+
+        Returns:
+            self.
+        """
+        enhanced = getattr(model, "enhancer", None) is not None and hasattr(model, "plain_sam")
+        if hasattr(model, "sam"):
+            self.model_name = "GleSAM" if enhanced else "SAM"
+        if enhanced and self.num_vis:
+            self.compare = {"SAM": model.plain_sam(), **self.compare}
+        return self
 
     def reset(self) -> None:
         self._records = []
+        self.vis_paths = []
+
+    def _draw(self, inp: Dict, mask: np.ndarray, gt: np.ndarray, image_id: str) -> None:
+        """Write the grid of one input (see the module doc)."""
+        from .visualize import promptable_grid
+
+        if "image" not in inp:
+            raise KeyError(f"{self.dataset_name}: input {image_id!r} has no 'image' to draw (num_vis > 0 needs the "
+                           f"'promptable' mapper's inputs)")
+        image = inp["image"]
+        image = (image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)).transpose(1, 2, 0)
+        prompt: Dict[str, Any] = {"points": [], "labels": [], "box": None}
+        if inp.get("point_coords") is not None:
+            coords = np.asarray(torch.as_tensor(inp["point_coords"]).reshape(-1, 2).cpu())
+            labels = np.asarray(torch.as_tensor(inp["point_labels"]).reshape(-1).cpu())
+            keep = labels >= 0  # -1: padding
+            prompt["points"], prompt["labels"] = coords[keep].tolist(), labels[keep].astype(int).tolist()
+        if inp.get("boxes") is not None:
+            prompt["box"] = np.asarray(torch.as_tensor(inp["boxes"]).reshape(-1, 4)[0].cpu()).tolist()
+        masks: Dict[str, np.ndarray] = {}
+        for name, other in self.compare.items():
+            m = other([inp])[0]["masks"]
+            m = m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
+            masks[name] = m.reshape(m.shape[-2:]).astype(bool)
+        masks[self.model_name] = mask
+        grid = promptable_grid(np.ascontiguousarray(image.astype(np.uint8)), gt, masks, prompt, title=image_id)
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).strip("._") or f"image{len(self.vis_paths)}"
+        path = os.path.join(self.vis_dir, f"{name}.png")
+        save_image_atomic(path, grid)
+        self.vis_paths.append(path)
 
     def process(self, inputs, outputs) -> None:
         for inp, out in zip(inputs, outputs):
@@ -132,6 +215,8 @@ class PromptableMaskEvaluator(DatasetEvaluator):
                    "gt_pixels": int(gt.sum()), "pred_pixels": int(masks.sum()),
                    "prompt_note": inp.get("prompt_note", ""), "mask_note": inp.get("mask_note", "")}
             self._records.append(rec)
+            if self.vis_dir and len(self.vis_paths) < self.num_vis and (not self.distributed or comm.is_main_process()):
+                self._draw(inp, masks, gt.astype(bool), str(image_id))
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, Any]]]:
         records = self._records

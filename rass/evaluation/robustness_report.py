@@ -3,7 +3,9 @@
 Rows are the evaluated levels (or pre-built datasets) in run order. The reference row is
 ``clean`` when present, else the first row; each row's drop is ``reference - row`` in points
 (positive: worse than the reference). Semantic rows report mIoU / fwIoU / mACC / pACC (%),
-promptable-mask rows IoU / Dice / BoundaryIoU / PixelAcc (fractions 0..1, as GleSAM's tables).
+promptable-mask rows IoU / Dice / BoundaryIoU / PixelAcc (fractions 0..1, as GleSAM's tables), SOD / DIS
+rows maxF / wF / S / meanE / MAE (0..1, `rass.evaluation.sod`; MAE: lower is better, so its drop is negative
+when a level is worse).
 Models compared on the same rows (e.g. plain SAM next to GleSAM) get their own metrics, drop and
 the gain of the main model over them. Every file is written atomically.
 """
@@ -17,10 +19,12 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from rass.utils.io import atomic_open, write_bytes_atomic, write_text_atomic
 
-__all__ = ["METRICS", "PROMPTABLE_METRICS", "build_report", "format_markdown", "plot_png", "write_report"]
+__all__ = ["METRICS", "PROMPTABLE_METRICS", "SOD_METRICS", "build_report", "format_markdown", "metric_unit",
+           "plot_figure", "plot_png", "write_report"]
 
 METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
 PROMPTABLE_METRICS = ("IoU", "Dice", "BoundaryIoU", "PixelAcc")
+SOD_METRICS = ("maxF", "wF", "S", "meanE", "MAE")  # of `rass.evaluation.sod.SODEvaluator`'s results
 JSON_NAME, MD_NAME, PNG_NAME = "robustness.json", "robustness.md", "robustness.png"
 
 
@@ -36,6 +40,8 @@ def _metrics_of(result: Mapping) -> Dict:
     """(task metrics) of one evaluator result: the "sem_seg" or "promptable" block."""
     if "promptable" in result:
         return {k: _num(result["promptable"].get(k)) for k in PROMPTABLE_METRICS}
+    if "sod" in result:
+        return {k: _num(result["sod"].get(k)) for k in SOD_METRICS}
     m = result.get("sem_seg", result)
     return {k: _num(m.get(k)) for k in METRICS}
 
@@ -63,10 +69,13 @@ def build_report(items: Sequence, results: Mapping[str, Dict], num_images: Mappi
         compare: {model: {<metrics>, drop, gain: {metric: value - model's}}}}}}``; NaN (e.g. the
         IoU of a class absent from the ground truth) becomes None.
     """
-    promptable = any("promptable" in results[item.level] for item in items)
-    if promptable and not all("promptable" in results[item.level] for item in items):
-        raise ValueError("robustness report: semantic and promptable-mask rows cannot share one report")
-    metrics = PROMPTABLE_METRICS if promptable else METRICS
+    kinds = {"promptable" if "promptable" in r else "sod" if "sod" in r else "sem_seg"
+             for r in (results[item.level] for item in items)}
+    if len(kinds) > 1:
+        raise ValueError(f"robustness report: rows of different tasks ({', '.join(sorted(kinds))}) cannot share one "
+                         "report")
+    promptable = bool(kinds & {"promptable", "sod"})  # no per-class IoU
+    metrics = PROMPTABLE_METRICS if "promptable" in kinds else SOD_METRICS if "sod" in kinds else METRICS
     levels: Dict[str, Dict] = {}
     for item in items:
         res = results[item.level]
@@ -100,11 +109,11 @@ def format_markdown(report: Dict) -> str:
     with compared models, the two main metrics of each model side by side and the main model's gain."""
     ref, run = report["reference"], report["run"]
     metrics = list(report.get("metrics", METRICS))
-    promptable = metrics == list(PROMPTABLE_METRICS)
+    promptable = metrics in (list(PROMPTABLE_METRICS), list(SOD_METRICS))  # fractions 0..1
     digits = 4 if promptable else 2
     what = run.get("weights") or run.get("config_file") or "the model"
     on = f" on `{run['dataset']}`" if run.get("dataset") else ""
-    unit = "fractions 0..1" if promptable else "%"
+    unit = "fractions 0..1" if promptable else "%"  # the plot's unit too (`metric_unit`)
     compared = list(report.get("compared", []))
     if compared:
         main = run.get("model", "model")
@@ -118,6 +127,8 @@ def format_markdown(report: Dict) -> str:
         shown = metrics
         head = ["level", "dataset", "images", *metrics, *(f"Δ{k}" for k in metrics)]
         intro = f"Metrics in {unit}. Δ = `{ref}` − level (positive: worse than `{ref}`)."
+        if "MAE" in metrics:
+            intro += " MAE: lower is better (a negative ΔMAE is worse)."
     lines = [f"# Robustness of `{what}`{on}", "", intro, "", "| " + " | ".join(head) + " |",
              "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
     for level, row in report["levels"].items():
@@ -135,50 +146,80 @@ def format_markdown(report: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_png(report: Dict) -> bytes:
-    """PNG bytes of mIoU per level (matplotlib, Agg canvas; the global pyplot state is untouched)."""
+# One style per series, so that coinciding lines stay visible: the compared models first, the main model last.
+_STYLES = (("tab:orange", "s", "--"), ("tab:green", "^", "-."), ("tab:red", "D", ":"), ("tab:purple", "v", "--"))
+_MAIN_STYLE = ("tab:blue", "o", "-")
+
+
+def metric_unit(report: Dict) -> str:
+    """The unit of the report's metrics, as its tables print them: "%" (semantic) or "fraction 0..1" (promptable)."""
+    return "fraction 0..1" if list(report.get("metrics", METRICS)) in (list(PROMPTABLE_METRICS), list(SOD_METRICS)) \
+        else "%"
+
+
+def plot_figure(report: Dict):
+    """A matplotlib `Figure` (Agg canvas; the global pyplot state is untouched) of the first metric per level.
+
+    Values are plotted in the unit of the tables (`metric_unit`: mIoU in %, promptable IoU as a fraction).
+    Each model has its own colour, marker and line style and, with several models, a small horizontal
+    offset, so that equal values (e.g. two models with the same IoU) still show every line and marker.
+
+    Args:
+        report: the dict of `build_report`.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     labels: List[str] = list(report["levels"])
     key = report.get("metrics", METRICS)[0]  # mIoU, or IoU for promptable masks
-    promptable = key == PROMPTABLE_METRICS[0]
-    scale = 100.0 if promptable else 1.0  # plotted in %
-    series = [(report["run"].get("model", "model"), [report["levels"][k][key] for k in labels], "tab:blue")]
-    for name, color in zip(report.get("compared", []), ("tab:orange", "tab:green", "tab:red", "tab:purple")):
-        series.insert(0, (name, [report["levels"][k]["compare"][name][key] for k in labels], color))
+    unit = metric_unit(report)
+    digits = 3 if unit != "%" else 1
+    series = [(name, [report["levels"][k]["compare"][name][key] for k in labels], style)
+              for name, style in zip(report.get("compared", []), _STYLES)]
+    series.append((report["run"].get("model", "model"), [report["levels"][k][key] for k in labels], _MAIN_STYLE))
     fig = Figure(figsize=(max(4.0, 1.3 * len(labels) + 1.5), 3.6), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     ys: List[float] = []
-    for name, values, color in series:
+    width = 0.08 * (len(series) - 1)
+    for j, (name, values, (color, marker, style)) in enumerate(series):
+        offset = (j / (len(series) - 1) - 0.5) * width if len(series) > 1 else 0.0
         xs = [i for i, v in enumerate(values) if v is not None]
-        yv = [values[i] * scale for i in xs]
+        yv = [values[i] for i in xs]
         ys += yv
-        ax.plot(xs, yv, marker="o", color=color, label=name if len(series) > 1 else None)
-        for x, y in zip(xs, yv):
-            ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.plot([x + offset for x in xs], yv, marker=marker, linestyle=style, color=color, markerfacecolor="none"
+                if j < len(series) - 1 else color, label=name if len(series) > 1 else None)
+        for x, y in zip(xs, yv):  # labels above the last model's points, below the others'
+            below = len(series) > 1 and j < len(series) - 1
+            ax.annotate(f"{y:.{digits}f}", (x + offset, y), textcoords="offset points", xytext=(0, -11 if below else 6),
+                        ha="center", fontsize=7, color=color)
     ref = report["levels"][report["reference"]][key]
     if len(series) > 1:
         ax.legend(loc="best", fontsize=8)
     elif ref is not None and len(labels) > 1:
-        ax.axhline(ref * scale, color="gray", linestyle="--", linewidth=0.8, label=report["reference"])
+        ax.axhline(ref, color="gray", linestyle="--", linewidth=0.8, label=report["reference"])
         ax.legend(loc="best", fontsize=8)
     ax.set_xticks(range(len(labels)))
     slanted = max(len(s) for s in labels) > 10
     ax.set_xticklabels(labels, rotation=20 if slanted else 0, ha="right" if slanted else "center", fontsize=8)
     ax.set_xlim(-0.5, len(labels) - 0.5)
-    top = max(ys) if ys else 100.0
-    ax.set_ylim(0.0, min(105.0, top * 1.15 + 2.0))
+    full = 100.0 if unit == "%" else 1.0
+    top = max(ys) if ys else full
+    ax.set_ylim(0.0, min(1.05 * full, top * 1.15 + 0.02 * full))
     prebuilt = any(row["preset"] is None and level != "clean" for level, row in report["levels"].items())
-    ax.set_xlabel("degradation level / dataset" if prebuilt else "degradation level")
-    ax.set_ylabel(f"{key} (%)")
+    ax.set_xlabel("degradation level / dataset" if prebuilt else "degradation level (preset)")
+    ax.set_ylabel(f"{key} ({unit})")
     dataset = report["run"].get("dataset")
     ax.set_title(f"{key} vs degradation level" + (f" — {dataset}" if dataset else ""), fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_png(report: Dict) -> bytes:
+    """PNG bytes of `plot_figure(report)`."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    plot_figure(report).savefig(buf, format="png")
     return buf.getvalue()
 
 

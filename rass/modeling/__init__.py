@@ -4,3 +4,4 @@ from . import transformer_decoder  # noqa: F401  (registers MultiScaleMaskedTran
 from . import meta_arch  # noqa: F401  (registers "MaskFormer", "RASSMaskFormer", "MaskFormerHead")
 from . import backbone  # noqa: F401  (registers the "RASS" backbone)
 from . import sam  # noqa: F401  (SAM on transformers' SamModel: build, transforms, prompted decoding)
+from . import sam2  # noqa: F401  (SAM 2.1 on transformers' Sam2* classes: build, transforms, prompted decoding)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any, Dict, List, Set, Type
 
 import torch
@@ -24,13 +25,15 @@ def build_param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
 
     Backbone parameters (`backbone.*`) get ``BASE_LR * BACKBONE_MULTIPLIER``; normalisation
     layers get WEIGHT_DECAY_NORM; embeddings (nn.Embedding, query/level/position tables)
-    get WEIGHT_DECAY_EMBED.
+    get WEIGHT_DECAY_EMBED. SOLVER.PARAM_RULES (if set) come first: the first pattern that matches a
+    parameter's name sets its LR multiplier and weight decay (e.g. MGD-SAM2's two groups).
 
     Args:
         cfg: the project config.
         model: the (unwrapped) model.
     """
     base_lr, wd = cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY
+    rules = _param_rules(cfg)
     groups: List[Dict[str, Any]] = []
     seen: Set[torch.nn.Parameter] = set()
     for module_name, module in model.named_modules():
@@ -45,8 +48,29 @@ def build_param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
                 decay = cfg.SOLVER.WEIGHT_DECAY_NORM
             if isinstance(module, nn.Embedding) or any(k in full for k in _EMBED_NAMES):
                 decay = cfg.SOLVER.WEIGHT_DECAY_EMBED
+            rule = next((r for r in rules if r[0].search(full)), None)
+            if rule is not None:
+                lr, decay = base_lr * rule[1], rule[2]
             groups.append({"params": [p], "lr": lr, "weight_decay": decay, "name": full})
     return groups
+
+
+def _param_rules(cfg) -> List[tuple]:
+    """SOLVER.PARAM_RULES as (compiled pattern, LR multiplier, weight decay), checked."""
+    r = cfg.SOLVER.get("PARAM_RULES", None)
+    if r is None or not r.PATTERNS:
+        return []
+    if not len(r.PATTERNS) == len(r.LR_MULTIPLIERS) == len(r.WEIGHT_DECAYS):
+        raise UserValueError(f"SOLVER.PARAM_RULES: PATTERNS ({len(r.PATTERNS)}), LR_MULTIPLIERS "
+                             f"({len(r.LR_MULTIPLIERS)}) and WEIGHT_DECAYS ({len(r.WEIGHT_DECAYS)}) must have the same "
+                             "length")
+    out = []
+    for p, m, d in zip(r.PATTERNS, r.LR_MULTIPLIERS, r.WEIGHT_DECAYS):
+        try:
+            out.append((re.compile(p), float(m), float(d)))
+        except re.error as e:
+            raise UserValueError(f"SOLVER.PARAM_RULES.PATTERNS: {p!r} is not a valid regex ({e})") from None
+    return out
 
 
 def _with_full_model_clipping(optim_cls: Type[torch.optim.Optimizer], max_norm: float, norm_type: float):

@@ -20,9 +20,14 @@ exception of that text is of a `UserError` type (its ``module.Class`` name is im
 Ranks started by `launch` should run their main through `LaunchedMain`, which turns a user error into
 a plain `UserError` (so the parent prints it once) and keeps detectron2's training loop from logging
 its traceback.
+
+This module is light (standard library only), like the parsers of the entry points: ``--help`` and
+argument errors return before torch, detectron2 or transformers are imported. `add_init_seed_argument`
+and `check_config_file` are the shared pieces of those parsers.
 """
 from __future__ import annotations
 
+import argparse
 import builtins
 import importlib
 import inspect
@@ -33,15 +38,68 @@ import sys
 import traceback
 from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple
 
-from rass.utils.errors import UserError
+from rass.utils.errors import UserError, UserFileNotFoundError
 
 __all__ = ["DEBUG_ENV", "DEBUG_FLAG", "EXIT_USER_ERROR", "debug_enabled", "enable_debug", "as_user_error",
-           "format_user_error", "report_user_error", "install_log_filter", "run_cli", "LaunchedMain"]
+           "format_user_error", "report_user_error", "install_log_filter", "run_cli", "LaunchedMain",
+           "DEFAULT_INIT_SEED", "add_init_seed_argument", "check_config_file", "parse_before_imports"]
 
 DEBUG_ENV = "RASS_DEBUG"
 DEBUG_FLAG = "--debug"
 EXIT_USER_ERROR = 2
 DEBUG_HELP = "show the traceback of errors in the input too (same as RASS_DEBUG=1)"
+
+# The seed of the parts a tool or demo builds without weights (random SAM, UNet, tagger, heads) unless
+# it is given another one (`--init-seed`): the same config gives the same model, run after run.
+DEFAULT_INIT_SEED = 0
+CONFIG_HINT = "the packaged configs are under configs/, e.g. configs/quickstart/tiny_rass.yaml"
+
+
+def add_init_seed_argument(parser: argparse.ArgumentParser) -> None:
+    """The `--init-seed` option of tools that build a model (see `rass.engine.model_build.seeded_init`).
+
+    Args:
+        parser: the tool's argument parser.
+    """
+    parser.add_argument("--init-seed", type=int, default=DEFAULT_INIT_SEED, metavar="N",
+                        help="seed of the model parts built without weights, so that runs with random parts "
+                             "are reproducible (default: %(default)s)")
+
+
+def check_config_file(config_file: Optional[str]) -> None:
+    """Fail fast, before the heavy imports, when the config file the user named is not a file.
+
+    Args:
+        config_file: the value of ``--config-file`` ("" or None: nothing to check).
+
+    Raises:
+        UserFileNotFoundError: the same message as `rass.utils.config_loading.merge_file`.
+    """
+    if config_file and not os.path.isfile(config_file):
+        what = "is a folder, not a config file" if os.path.isdir(config_file) else "does not exist"
+        raise UserFileNotFoundError(f"config file {config_file} {what}", hint=CONFIG_HINT)
+
+
+def parse_before_imports(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line of a script whose module imports torch & co. at its top, before those imports
+    (``if __name__ == "__main__": parse_before_imports(build_parser())`` above them): ``--help``, argument
+    errors and a missing ``--config-file`` answer at once, the last as one ``error:`` line (exit status 2).
+
+    Args:
+        parser: the script's parser.
+        argv: the arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The parsed arguments.
+    """
+    args = parser.parse_args(argv)
+    try:
+        check_config_file(getattr(args, "config_file", None))
+    except UserError as e:
+        report_user_error(e)
+        sys.exit(EXIT_USER_ERROR)
+    return args
+
 
 _EXC_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?:: (?P<msg>.*))?$")
 _FILE_LINE = re.compile(r'^\s+File "(?P<file>.+)", line (?P<line>\d+), in ')

@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import yaml
 from detectron2.config import CfgNode as CN
 
+from rass.utils.cli import check_config_file
 from rass.utils.errors import UserError, UserFileNotFoundError, UserKeyError, UserValueError
 from rass.utils.paths import is_packaged_config, resolve_packaged_value
 
@@ -174,10 +175,7 @@ def merge_file(cfg: CN, config_file: str) -> None:
     Raises:
         UserFileNotFoundError / UserValueError / UserKeyError: naming the file and what is wrong.
     """
-    if not os.path.isfile(config_file):
-        what = "is a folder, not a config file" if os.path.isdir(config_file) else "does not exist"
-        raise UserFileNotFoundError(f"config file {config_file} {what}",
-                                    hint="the packaged configs are under configs/, e.g. configs/quickstart/tiny_rass.yaml")
+    check_config_file(config_file)
     try:
         cfg.merge_from_file(config_file, allow_unsafe=False)
     except UserError:

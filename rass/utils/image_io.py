@@ -41,6 +41,7 @@ from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
+from rass.utils.choices import EXIF_POLICIES  # ("apply" / "ignore"; light, the command-line parsers offer it)
 from rass.utils.errors import UserError, UserFileNotFoundError
 
 __all__ = [
@@ -48,8 +49,6 @@ __all__ = [
     "read_label_checked", "check_labels", "exif_orientation", "exif_note", "orientation_name", "EXIF_POLICIES", "DAMAGED_FILE_HINT",
 ]
 
-# INPUT.LABELLED_EXIF values: turn labelled images upright ("apply") or keep their stored pixels ("ignore").
-EXIF_POLICIES = ("apply", "ignore")
 DAMAGED_FILE_HINT = ("the file is damaged (e.g. truncated by an interrupted copy) or not an image: copy it again or "
                      "remove it together with its annotation; `tools/check_dataset.py --dataset NAME` lists every "
                      "unreadable file and size mismatch of a registered dataset")

@@ -38,15 +38,33 @@ import sys
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
-import torch
-import torch.nn.functional as F
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: defined and parsed before the heavy imports below (see the check after it)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=512, help="image side (square)")
+    ap.add_argument("--batch", type=int, default=16, help="images per batch")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repetitions (best is reported)")
+    ap.add_argument("--threads", default="1,2", help="comma-separated torch intra-op thread counts")
+    ap.add_argument("--preset", default="rass", help="degradation preset")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the test images and per-image seeds")
+    return ap
+
+
+if __name__ == "__main__":
+    from rass.utils.cli import parse_before_imports
+
+    parse_before_imports(build_parser())  # --help and argument errors answer before torch & co.
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from rass.data.degradation import build_degradation  # noqa: E402
 from rass.data.degradation.jpeg_islow import CHROMA_TABLE, LUMA_TABLE  # noqa: E402
 from rass.data.degradation.kernels import kernel_from_params  # noqa: E402
-from rass.utils.system import machine_cpu_seconds
+from rass.utils.system import machine_cpu_seconds  # noqa: E402
 
 
 # ----------------------------------------------------------------- release-style operators
@@ -211,13 +229,7 @@ def run_table(images: torch.Tensor, seeds: Sequence[int], preset: str, threads: 
 
 
 def main(argv: List[str] = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=512, help="image side (square)")
-    ap.add_argument("--batch", type=int, default=16, help="images per batch")
-    ap.add_argument("--repeats", type=int, default=3, help="timed repetitions (best is reported)")
-    ap.add_argument("--threads", default="1,2", help="comma-separated torch intra-op thread counts")
-    ap.add_argument("--preset", default="rass", help="degradation preset")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the test images and per-image seeds")
+    ap = build_parser()
     a = ap.parse_args(argv)
     images = test_images(a.batch, a.size, a.seed)
     seeds = [a.seed * 1000 + i for i in range(a.batch)]

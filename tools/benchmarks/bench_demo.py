@@ -22,7 +22,27 @@ import tempfile
 import time
 from typing import Callable, List, Tuple
 
-import torch
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: defined and parsed before the heavy imports below (see the check after it)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", default=None, help="the RASS tab's config (default: as demo/app.py)")
+    p.add_argument("--opts", nargs="+", default=[], help="KEY VALUE overrides of --config-file")
+    p.add_argument("--sam-config-file", default=None, help="the SAM tab's config (default: as demo/app.py)")
+    p.add_argument("--sam-opts", nargs="+", default=[], help="KEY VALUE overrides of --sam-config-file")
+    p.add_argument("--image", default=None, help="image to use (default: the first bundled example)")
+    p.add_argument("--skip-rass", action="store_true", help="only the SAM / GleSAM actions")
+    p.add_argument("--repeats", type=int, default=3, help="runs of the repeated actions (median)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: keep torch's default)")
+    return p
+
+
+if __name__ == "__main__":
+    from rass.utils.cli import parse_before_imports
+
+    parse_before_imports(build_parser())  # --help and argument errors answer before torch & co.
+
+import torch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
@@ -46,15 +66,7 @@ def timed(fn: Callable[[], object], repeats: int = 1) -> Tuple[float, object]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", default=None, help="the RASS tab's config (default: as demo/app.py)")
-    p.add_argument("--opts", nargs="+", default=[], help="KEY VALUE overrides of --config-file")
-    p.add_argument("--sam-config-file", default=None, help="the SAM tab's config (default: as demo/app.py)")
-    p.add_argument("--sam-opts", nargs="+", default=[], help="KEY VALUE overrides of --sam-config-file")
-    p.add_argument("--image", default=None, help="image to use (default: the first bundled example)")
-    p.add_argument("--skip-rass", action="store_true", help="only the SAM / GleSAM actions")
-    p.add_argument("--repeats", type=int, default=3, help="runs of the repeated actions (median)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: keep torch's default)")
+    p = build_parser()
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -26,8 +26,28 @@ import sys
 import time
 from typing import Callable, Dict, List, Tuple
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: defined and parsed before the heavy imports below (see the check after it)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--variant", default="vit_l", choices=["vit_b", "vit_l", "vit_h"], help="SAM image encoder")
+    p.add_argument("--sd", default="sd21_base", choices=["sd21_base", "sd15"], help="UNet architecture of the GLE step")
+    p.add_argument("--tiny", action="store_true", help="the tiny test models (configs/lqseg/tiny_glesam.yaml)")
+    p.add_argument("--image-size", type=int, default=0,
+                   help="SAM input side (MODEL.SAM.IMAGE_SIZE; the latent side is 1/16 of it); 0: the config's")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per part (median)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: keep torch's default)")
+    p.add_argument("--flops-only", action="store_true", help="count FLOPs only (meta device, no timing)")
+    return p
+
+
+if __name__ == "__main__":
+    from rass.utils.cli import parse_before_imports
+
+    parse_before_imports(build_parser())  # --help and argument errors answer before torch & co.
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
@@ -124,15 +144,7 @@ def time_parts(args) -> Dict[str, Tuple[float, float]]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variant", default="vit_l", choices=["vit_b", "vit_l", "vit_h"], help="SAM image encoder")
-    p.add_argument("--sd", default="sd21_base", choices=["sd21_base", "sd15"], help="UNet architecture of the GLE step")
-    p.add_argument("--tiny", action="store_true", help="the tiny test models (configs/lqseg/tiny_glesam.yaml)")
-    p.add_argument("--image-size", type=int, default=0,
-                   help="SAM input side (MODEL.SAM.IMAGE_SIZE; the latent side is 1/16 of it); 0: the config's")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per part (median)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: keep torch's default)")
-    p.add_argument("--flops-only", action="store_true", help="count FLOPs only (meta device, no timing)")
+    p = build_parser()
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -45,8 +45,6 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import torch
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 for _p in (REPO, HERE):
@@ -63,6 +61,28 @@ DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 # relative L2 error of the class scores with bf16 / fp16 frozen parts vs fp32, and kernel vs torch.
 SCORE_TOLERANCE = {"bfloat16": 0.1, "float16": 0.05}
 KERNEL_TOLERANCE = 1e-3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: defined and parsed before the heavy imports below (see the check after it)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", help="cuda or cpu")
+    p.add_argument("--tiny", action="store_true", help="tiny models and inputs (CPU tests, dry runs)")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls (the median is reported)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    p.add_argument("--budget-s", type=float, default=0, help="skip sections that would not fit (0: no limit)")
+    p.add_argument("--json", default="", help="write every figure to this JSON file (after each section)")
+    return p
+
+
+if __name__ == "__main__":
+    from rass.utils.cli import parse_before_imports
+
+    parse_before_imports(build_parser())  # --help and argument errors answer before torch & co.
+
+import torch  # noqa: E402
 
 
 @dataclass
@@ -444,15 +464,7 @@ def run(args: argparse.Namespace) -> Dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda", help="cuda or cpu")
-    p.add_argument("--tiny", action="store_true", help="tiny models and inputs (CPU tests, dry runs)")
-    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
-    p.add_argument("--repeats", type=int, default=3, help="timed calls (the median is reported)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
-    p.add_argument("--budget-s", type=float, default=0, help="skip sections that would not fit (0: no limit)")
-    p.add_argument("--json", default="", help="write every figure to this JSON file (after each section)")
+    p = build_parser()
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)

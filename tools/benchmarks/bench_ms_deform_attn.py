@@ -15,9 +15,29 @@ import statistics
 import time
 from typing import Callable, Dict, List, Sequence
 
-import torch
 
-from rass.ops import kernel_available, ms_deform_attn
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: defined and parsed before the heavy imports below (see the check after it)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--levels", type=int, nargs="+", default=[64, 32, 16], help="square level sides")
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=32)
+    p.add_argument("--points", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    return p
+
+
+if __name__ == "__main__":
+    from rass.utils.cli import parse_before_imports
+
+    parse_before_imports(build_parser())  # --help and argument errors answer before torch & co.
+
+import torch  # noqa: E402
+
+from rass.ops import kernel_available, ms_deform_attn  # noqa: E402
 
 
 def make_inputs(batch: int, levels: Sequence[int], heads: int, head_dim: int, points: int, seed: int = 0,
@@ -76,15 +96,7 @@ def bench(backend: str, inputs, warmup: int, repeats: int) -> Dict[str, float]:
 
 
 def main(argv: Sequence[str] = None) -> Dict[str, Dict[str, float]]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--levels", type=int, nargs="+", default=[64, 32, 16], help="square level sides")
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--head-dim", type=int, default=32)
-    p.add_argument("--points", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p = build_parser()
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)

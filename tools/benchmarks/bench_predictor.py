@@ -24,11 +24,30 @@ import time
 from typing import Callable, List
 
 import numpy as np
-import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: defined and parsed before the heavy imports below (see the check after it)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", default=os.path.join(REPO, "configs/quickstart/tiny_rass.yaml"))
+    p.add_argument("--weights", default="", help="checkpoint (default: the built model's random weights)")
+    p.add_argument("--size", type=int, default=512, help="square image side")
+    p.add_argument("--batch", type=int, default=4, help="images per predict_batch call")
+    p.add_argument("--repeats", type=int, default=7, help="timed runs per row")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch intra-op thread counts")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
+    return p
+
+
+if __name__ == "__main__":
+    from rass.utils.cli import parse_before_imports
+
+    parse_before_imports(build_parser())  # --help and argument errors answer before torch & co.
+
+import torch  # noqa: E402
 from rass.config import setup_cfg  # noqa: E402
 from rass.engine import SemanticPredictor  # noqa: E402
 from rass.utils.system import machine_cpu_seconds  # noqa: E402
@@ -60,14 +79,7 @@ def timed(fn: Callable[[], object], repeats: int, per: int):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", default=os.path.join(REPO, "configs/quickstart/tiny_rass.yaml"))
-    p.add_argument("--weights", default="", help="checkpoint (default: the built model's random weights)")
-    p.add_argument("--size", type=int, default=512, help="square image side")
-    p.add_argument("--batch", type=int, default=4, help="images per predict_batch call")
-    p.add_argument("--repeats", type=int, default=7, help="timed runs per row")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch intra-op thread counts")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
+    p = build_parser()
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,7 +25,23 @@ import time
 from collections import OrderedDict, defaultdict
 from typing import Dict, List
 
-import torch
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: defined and parsed before the heavy imports below (see the check after it)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=512, help="square input side")
+    p.add_argument("--repeats", type=int, default=2, help="timed forwards (after one warm-up)")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--tagger", default="ram", help="tagger name (ram as released, or none)")
+    return p
+
+
+if __name__ == "__main__":
+    from rass.utils.cli import parse_before_imports
+
+    parse_before_imports(build_parser())  # --help and argument errors answer before torch & co.
+
+import torch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs/ade20k/semantic-segmentation/rass_sd21_bs16_160k.yaml")
@@ -157,11 +173,7 @@ def count(model, prefix: str) -> int:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=int, default=512, help="square input side")
-    p.add_argument("--repeats", type=int, default=2, help="timed forwards (after one warm-up)")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    p.add_argument("--tagger", default="ram", help="tagger name (ram as released, or none)")
+    p = build_parser()
     args = p.parse_args()
     torch.set_flush_denormal(True)
 

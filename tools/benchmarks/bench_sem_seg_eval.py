@@ -30,12 +30,39 @@ import uuid
 from typing import List, Tuple
 
 import numpy as np
-import torch
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """"2048x1024" -> (width, height)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 512x512, got {text!r}") from None
+    return w, h
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: defined and parsed before the heavy imports below (see the check after it)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", default=os.path.join(REPO, "configs/quickstart/tiny_rass.yaml"))
+    p.add_argument("--sizes", type=parse_size, nargs="+", default=[(224, 224), (512, 512), (2048, 1024)],
+                   help="image sizes WIDTHxHEIGHT")
+    p.add_argument("--images", type=int, default=3, help="timed images per size (after one warm-up image)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
+    return p
+
+
+if __name__ == "__main__":
+    from rass.utils.cli import parse_before_imports
+
+    parse_before_imports(build_parser())  # --help and argument errors answer before torch & co.
+
+import torch  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES  # noqa: E402
 
@@ -62,15 +89,6 @@ def image_and_label(h: int, w: int, seed: int, num_classes: int, present: int = 
     smooth = 0.5 + 0.35 * np.sin(9 * xx[..., None] / w + 5 * yy[..., None] / h + phase)
     image = np.clip((smooth + 0.08 * g.random((h, w, 3))) * 255, 0, 255).astype(np.uint8)
     return image, label
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    """"2048x1024" -> (width, height)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 512x512, got {text!r}") from None
-    return w, h
 
 
 def bench_size(predictor: SemanticPredictor, w: int, h: int, n: int, tmp: str) -> List[float]:
@@ -113,13 +131,7 @@ def bench_size(predictor: SemanticPredictor, w: int, h: int, n: int, tmp: str) -
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", default=os.path.join(REPO, "configs/quickstart/tiny_rass.yaml"))
-    p.add_argument("--sizes", type=parse_size, nargs="+", default=[(224, 224), (512, 512), (2048, 1024)],
-                   help="image sizes WIDTHxHEIGHT")
-    p.add_argument("--images", type=int, default=3, help="timed images per size (after one warm-up image)")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
+    p = build_parser()
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

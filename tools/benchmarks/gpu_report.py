@@ -329,6 +329,9 @@ def summary(outdir: str) -> Dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in (["-h"], ["--help"]):
+        print("usage: gpu_report.py env OUT.json | gpu_report.py summary OUTDIR\n\n" + __doc__.strip())
+        return
     if len(argv) != 2 or argv[0] not in ("env", "summary"):
         raise SystemExit("usage: gpu_report.py env OUT.json | gpu_report.py summary OUTDIR")
     if argv[0] == "env":

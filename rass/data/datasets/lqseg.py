@@ -156,12 +156,13 @@ def load_image_mask_folder(dataset_name: str, image_dir: str, mask_dir: str, hin
     return dicts
 
 
-def _register(name: str, loader: Callable[[], List[dict]], **metadata) -> None:
+def _register(name: str, loader: Callable[[], List[dict]], evaluator_type: str = EVALUATOR_TYPE, **metadata) -> None:
+    """Register `name` (replacing an earlier registration) with its lazy `loader` and metadata."""
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     DatasetCatalog.register(name, loader)
-    MetadataCatalog.get(name).set(evaluator_type=EVALUATOR_TYPE, **metadata)
+    MetadataCatalog.get(name).set(evaluator_type=evaluator_type, **metadata)
 
 
 def register_image_mask_folder(name: str, image_dir: str, mask_dir: str, **metadata) -> None:

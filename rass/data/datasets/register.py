@@ -8,10 +8,14 @@
 | reallq_sem_seg_val | $RASS_REALLQ_ROOT or $DETECTRON2_DATASETS/RealLQ | validation |
 | synthetic_sem_seg_train / _val | $RASS_SYNTHETIC_ROOT or $DETECTRON2_DATASETS/synthetic_ade20k | training / validation |
 | synthetic_sem_seg_val_degraded | $RASS_SYNTHETIC_DEGRADED_ROOT or $DETECTRON2_DATASETS/synthetic_ade20k_degraded | validation |
+| dis5k_*, hrsod_*, davis_s_test, uhrsd_*, duts_*, hkuis_test, sod_synthetic_* | see rass.data.datasets.sod | |
+| hqseg_* (HQSeg-44K, HQ-SAM's DIS-VD / ThinObject-5K-TE / COIFT / HRSOD) | see rass.data.datasets.hqseg | |
 """
 from __future__ import annotations
 
 from .sem_seg import DatasetRoot, register_sem_seg_split
+from .hqseg import register_all_hqseg
+from .sod import register_all_sod
 
 
 ADE20K_ROOT = DatasetRoot("DETECTRON2_DATASETS", "ADEChallengeData2016", "ADEChallengeData2016")
@@ -37,3 +41,5 @@ def register_all() -> None:
     register_sem_seg_split("synthetic_sem_seg_train", SYNTHETIC_ROOT, "training")
     register_sem_seg_split("synthetic_sem_seg_val", SYNTHETIC_ROOT, "validation")
     register_sem_seg_split("synthetic_sem_seg_val_degraded", SYNTHETIC_DEGRADED_ROOT, "validation")
+    register_all_sod()  # SOD / DIS sets (rass.data.datasets.sod)
+    register_all_hqseg()  # HQSeg-44K + HQ-SAM's evaluation sets, promptable (rass.data.datasets.hqseg)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rass.utils.choices import DEGRADE_LAYOUTS
 from rass.utils.errors import UserFileNotFoundError, UserValueError
 from rass.utils.image_io import read_image_checked
 from rass.utils.inputs import files_by_stem
@@ -57,7 +58,7 @@ from .sampling import sample_params
 __all__ = ["degrade_tree", "DegradeReport", "usm_sharpen", "LAYOUTS", "SKIP_REASONS"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-LAYOUTS = ("ade20k", "image_mask")
+LAYOUTS = DEGRADE_LAYOUTS  # (from the light `rass.utils.choices`: the tool's parser offers them)
 SKIP_REASONS = ("no annotation", "no image", "unreadable image", "unreadable annotation", "size mismatch",
                 "incomplete output pair")
 # Version of the engine's output bytes for a given seed and spec; bump it whenever they change, so

@@ -55,9 +55,25 @@ from .glesam_training import (
     STAGE1_LOSSES, STAGES, build_release_guidance, select_trainable, stage1_paper_loss, stage1_release_losses,
     stage2_loss)
 
-__all__ = ["PromptableSAM"]
+__all__ = ["PromptableSAM", "resize_mask_logits", "pick_best_mask"]
 
 logger = logging.getLogger(__name__)
+
+
+def resize_mask_logits(low_res: torch.Tensor, out_hw: Tuple[int, int]) -> torch.Tensor:
+    """Mask logits [..., h, w] bilinearly resized straight to [..., H, W] (float32; align_corners False): GleSAM's
+    evaluation on square unpadded inputs, and SAM2's `postprocess_masks`."""
+    lead = low_res.shape[:-2]
+    x = F.interpolate(low_res.reshape(-1, 1, *low_res.shape[-2:]).float(), size=tuple(out_hw), mode="bilinear",
+                      align_corners=False)
+    return x.reshape(*lead, *out_hw)
+
+
+def pick_best_mask(logits: torch.Tensor, iou: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per prompt, the mask of highest predicted IoU: logits [P, M, h, w], iou [P, M] -> ([P, h, w], [P], index [P])."""
+    best = iou.argmax(dim=1)
+    pick = torch.arange(logits.shape[0], device=logits.device)
+    return logits[pick, best], iou[pick, best], best
 
 
 @META_ARCH_REGISTRY.register()
@@ -249,10 +265,7 @@ class PromptableSAM(nn.Module):
         """Decoder logits [..., 256, 256] -> [..., H, W] (see the module doc for the rule)."""
         target = self.transform.target
         if tuple(valid_hw) == (target, target):
-            lead = low_res.shape[:-2]
-            x = F.interpolate(low_res.reshape(-1, 1, *low_res.shape[-2:]).float(), size=tuple(out_hw),
-                              mode="bilinear", align_corners=False)
-            return x.reshape(*lead, *out_hw)
+            return resize_mask_logits(low_res, out_hw)
         return self.transform.postprocess_masks(low_res, valid_hw, out_hw)
 
     def _iteration(self) -> int:
@@ -353,9 +366,7 @@ class PromptableSAM(nn.Module):
         prompts = self._prompts(inp, (h, w))
         all_low_res, all_iou = sam_predict(self.sam, embedding, multimask_output=self.multimask_output, **prompts)
         all_low_res, all_iou = all_low_res[0], all_iou[0]  # P x M x 256 x 256, P x M
-        best = all_iou.argmax(dim=1)
-        pick = torch.arange(all_low_res.shape[0], device=all_low_res.device)
-        low_res, iou = all_low_res[pick, best], all_iou[pick, best]
+        low_res, iou, best = pick_best_mask(all_low_res, all_iou)
         logits = self.to_output_size(low_res, valid_hw, out_hw)
         out: Dict = {"mask_logits": logits, "masks": logits > self.mask_threshold, "iou_pred": iou}
         if return_intermediates:

@@ -12,6 +12,11 @@ import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .robustsam import add_robustsam_config
+from .stable_sam import add_stable_sam_config
+from .sam2 import add_sam2_config
+from .sam_hq import add_sam_hq_config
+
 __all__ = ["add_rass_config", "setup_cfg"]
 
 
@@ -47,11 +52,21 @@ def _add_solver_config(cfg: CN) -> None:
     # marks the checkpoints whose weights gave it as diverged (OUTPUT_DIR/diverged_checkpoints.json); --resume
     # skips them. 0: only NaN / inf losses count.
     cfg.SOLVER.LOSS_RANGE_FACTOR = 100.0
+    r = cfg.SOLVER.PARAM_RULES = CN()
+    # Regexes on trainable parameter names (re.search); the first one that matches sets the LR multiplier and
+    # weight decay below (the same index); a parameter no rule matches keeps the default rules. []: none.
+    r.PATTERNS = []
+    # LR multiplier of each PATTERNS entry (x SOLVER.BASE_LR).
+    r.LR_MULTIPLIERS = []
+    # Weight decay of each PATTERNS entry (replaces WEIGHT_DECAY / _NORM / _EMBED).
+    r.WEIGHT_DECAYS = []
+
 
 
 def _add_test_config(cfg: CN) -> None:
     """Evaluation and output keys."""
-    # Number of prediction/ground-truth overlay PNGs written after an evaluation (0: none).
+    # Pictures written per evaluated dataset (0: none): semantic input | GT | prediction panels, promptable
+    # image | GT | SAM | GleSAM grids (prompts drawn, IoU per mask).
     cfg.TEST.NUM_VIS = 0
 
 
@@ -502,6 +517,9 @@ def add_rass_config(cfg: CN) -> None:
     Args:
         cfg: a detectron2 `CfgNode`, usually from `detectron2.config.get_cfg()`.
     """
+    from rass import register_all
+
+    register_all()  # the names the config refers to (datasets, models) are registered
     _add_data_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
@@ -513,6 +531,10 @@ def add_rass_config(cfg: CN) -> None:
     _add_sam_config(cfg)
     _add_glesam_config(cfg)
     _add_promptable_config(cfg)
+    add_sam2_config(cfg)
+    add_robustsam_config(cfg)
+    add_sam_hq_config(cfg)
+    add_stable_sam_config(cfg)
 
 
 def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze: bool = True) -> CN:
