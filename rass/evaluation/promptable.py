@@ -23,7 +23,6 @@ the averages do not depend on the process count.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from tabulate import tabulate
 
+from rass.evaluation.records import gather_image_records
 from rass.utils.io import atomic_open, save_image_atomic
 
 from .boundary import DILATION_RATIO, boundary_width, mask_boundary_band
@@ -219,21 +219,12 @@ class PromptableMaskEvaluator(DatasetEvaluator):
                 self._draw(inp, masks, gt.astype(bool), str(image_id))
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, Any]]]:
-        records = self._records
-        if self.distributed:
-            comm.synchronize()
-            gathered = comm.gather(records, dst=0)
-            if not comm.is_main_process():
-                return None
-            records = list(itertools.chain(*gathered))
+        records = gather_image_records(self._records, self.distributed, self.dataset_name)
+        if records is None:
+            return None
         if not records:
             logger.warning(f"{self.dataset_name}: no predictions to evaluate")
             return {"promptable": {k: 0.0 for k in METRICS} | {"num_images": 0, "empty_gt": 0, "empty_pred": 0, "prompt_fallbacks": 0}}
-        records = sorted(records, key=lambda r: r["image_id"])
-        ids = [r["image_id"] for r in records]
-        if len(set(ids)) != len(ids):
-            dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
-            raise ValueError(f"{self.dataset_name}: image ids evaluated more than once: {dup} (image ids must be unique)")
         res: Dict[str, Any] = OrderedDict((k, float(np.mean([r[k] for r in records]))) for k in METRICS)
         res["num_images"] = len(records)
         res["empty_gt"] = sum(r["gt_pixels"] == 0 for r in records)

@@ -28,7 +28,6 @@ image id, so 1 and N processes give equal numbers.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -41,9 +40,9 @@ import numpy as np
 import py_sod_metrics as psm
 import torch
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from tabulate import tabulate
 
+from rass.evaluation.records import gather_image_records
 from rass.utils.io import atomic_open
 
 __all__ = ["SODEvaluator", "sod_image_metrics", "summarize_sod", "format_sod_table", "SOD_METRICS", "RESULT_FILE"]
@@ -191,21 +190,12 @@ class SODEvaluator(DatasetEvaluator):
             self._records.append(rec)
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, Any]]]:
-        records = self._records
-        if self.distributed:
-            comm.synchronize()
-            gathered = comm.gather(records, dst=0)
-            if not comm.is_main_process():
-                return None
-            records = list(itertools.chain(*gathered))
+        records = gather_image_records(self._records, self.distributed, self.dataset_name)
+        if records is None:
+            return None
         if not records:
             logger.warning(f"{self.dataset_name}: no predictions to evaluate")
             return {"sod": {k: math.nan for k in SOD_METRICS} | {"num_images": 0, "num_not_binary_gt": 0}}
-        records = sorted(records, key=lambda r: r["image_id"])
-        ids = [r["image_id"] for r in records]
-        if len(set(ids)) != len(ids):
-            dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
-            raise ValueError(f"{self.dataset_name}: image ids evaluated more than once: {dup} (image ids must be unique)")
         full = summarize_sod(records)
         f_curve, e_curve = full.pop("F_curve"), full.pop("E_curve")
         full["num_not_binary_gt"] = sum(r["mask_note"] == "not_binary" for r in records)

@@ -38,6 +38,7 @@ from rass.modeling.robustsam import RobustDecoderAdditions, prompt_embeddings, r
 from rass.modeling.sam import SamImageTransform, build_sam, sam_variant
 from rass.utils.errors import UserValueError
 
+from .early_features import EarlyFeaturePrompting
 from .promptable_sam import PromptableSAM, pick_best_mask
 
 __all__ = ["RobustSAM", "LOSS_TERMS", "RELEASE_LOSS_WEIGHTS"]
@@ -57,7 +58,7 @@ def _zero_nan(grad: torch.Tensor) -> torch.Tensor:
 
 
 @META_ARCH_REGISTRY.register()
-class RobustSAM(PromptableSAM):
+class RobustSAM(EarlyFeaturePrompting, PromptableSAM):
     """SAM with RobustSAM's decoder additions (see the module doc).
 
     Args:
@@ -226,35 +227,10 @@ class RobustSAM(PromptableSAM):
             out["intermediates"] = {"robust_logits": dec["masks"], "iou_predictions": dec["iou"], "chosen": best}
         return out
 
-    def prompt_features(self, images: List[torch.Tensor]) -> Tuple[Tuple[torch.Tensor, torch.Tensor],
-                                                                   List[Tuple[int, int]]]:
-        """What decoding a prompt needs of each image, for an interactive caller that keeps them per image
-        (`rass.engine.promptable_predictor.prompt_codec`): ((embeddings, early features) of `encode_robust`,
-        each image's resized size).
-
-        Args:
-            images: 3 x h x w tensors (any sizes).
-        """
-        z, early, valid = self.encode_robust(images)
-        return (z, early), valid
-
-    def decode_features(self, inp: Dict, features: Tuple[torch.Tensor, torch.Tensor], valid_hw: Tuple[int, int],
-                        return_intermediates: bool = False) -> Dict:
-        """`decode_robust` of one image's `prompt_features` (1 x ... each).
-
-        Args:
-            inp: one input dict of `forward`.
-            features: (embedding, early features) of that image.
-            valid_hw: the image's resized size in SAM's frame.
-            return_intermediates: see `decode_robust`.
-        """
-        embedding, early = features
-        return self.decode_robust(inp, embedding, early, valid_hw, return_intermediates=return_intermediates)
-
-    def decode(self, inp: Dict, embedding: torch.Tensor, valid_hw: Tuple[int, int],
-               return_intermediates: bool = False) -> Dict:
-        raise NotImplementedError("RobustSAM decodes from the image embedding AND the first global block's "
-                                  "output: use encode_robust + decode_robust")
+    # the encode / decode pair of `EarlyFeaturePrompting` (predictor, page, robustness matrix)
+    method_label = "RobustSAM"
+    encode_early = encode_robust
+    decode_early = decode_robust
 
     def training_losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         """The release's four weighted loss terms (`LOSS_TERMS`) on a batch of the "promptable" mapper

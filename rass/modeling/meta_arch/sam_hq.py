@@ -27,6 +27,7 @@ from rass.modeling.sam import SamImageTransform, sam_variant
 from rass.modeling.sam_hq import build_sam_hq, sam_hq_image_embeddings, sam_hq_predict
 from rass.utils.errors import UserValueError
 
+from .early_features import EarlyFeaturePrompting
 from .promptable_sam import PromptableSAM, pick_best_mask
 
 __all__ = ["PromptableSAMHQ"]
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
-class PromptableSAMHQ(PromptableSAM):
+class PromptableSAMHQ(EarlyFeaturePrompting, PromptableSAM):
     """HQ-SAM (see the module doc).
 
     Args:
@@ -148,35 +149,10 @@ class PromptableSAMHQ(PromptableSAM):
                                     "early": early, "z_low": embedding}
         return out
 
-    def prompt_features(self, images: List[torch.Tensor]) -> Tuple[Tuple[torch.Tensor, torch.Tensor],
-                                                                   List[Tuple[int, int]]]:
-        """What decoding a prompt needs of each image, for an interactive caller that keeps them per image
-        (`rass.engine.promptable_predictor.prompt_codec`): ((embeddings, early features) of `encode_hq`, each
-        image's resized size).
-
-        Args:
-            images: 3 x h x w tensors (any sizes).
-        """
-        z, early, valid = self.encode_hq(images)
-        return (z, early), valid
-
-    def decode_features(self, inp: Dict, features: Tuple[torch.Tensor, torch.Tensor], valid_hw: Tuple[int, int],
-                        return_intermediates: bool = False) -> Dict:
-        """`decode_hq` of one image's `prompt_features` (1 x ... each).
-
-        Args:
-            inp: one input dict of `forward`.
-            features: (embedding, early features) of that image.
-            valid_hw: the image's resized size in SAM's frame.
-            return_intermediates: see `decode_hq`.
-        """
-        embedding, early = features
-        return self.decode_hq(inp, embedding, early, valid_hw, return_intermediates=return_intermediates)
-
-    def decode(self, inp: Dict, embedding: torch.Tensor, valid_hw: Tuple[int, int],
-               return_intermediates: bool = False) -> Dict:
-        raise NotImplementedError("HQ-SAM decodes from the image embedding AND the first global block's output: "
-                                  "use encode_hq + decode_hq")
+    # the encode / decode pair of `EarlyFeaturePrompting` (predictor, page, robustness matrix)
+    method_label = "HQ-SAM"
+    encode_early = encode_hq
+    decode_early = decode_hq
 
     def forward(self, batched_inputs: List[Dict], return_intermediates: Optional[bool] = None) -> List[Dict]:
         """Masks for the prompts of each image (dicts as `PromptableSAM`); inference only.
