@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import SamModel
 
+from rass.modeling.default_init import init_like_pytorch
 from rass.modeling.transformer_decoder.layers import MLP
 
 from .components import EncoderFeatureBlock, MaskFeatureBlock, TokenBlock
@@ -58,20 +59,8 @@ class RobustDecoderAdditions(nn.Module):
     def init_weights(self, generator: Optional[torch.Generator] = None) -> "RobustDecoderAdditions":
         """Re-draw every parameter as the release's plain PyTorch modules start (Linear/Conv: kaiming-uniform
         a=sqrt(5) and U(+-1/sqrt(fan_in)) biases; norms: ones/zeros; the token: N(0, 1)), from `generator`."""
-        import math
-
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
-                if m.bias is not None:
-                    fan_in = m.weight[0].numel()  # PyTorch's fan-in for all three kinds
-                    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, 0.0, 1.0, generator=generator)
-            elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            init_like_pytorch(m, generator)
         return self
 
 

@@ -20,7 +20,6 @@ built SAM gets PyTorch's default scales, not transformers' `_init_weights` (whos
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -29,6 +28,7 @@ from torch import nn
 from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 from transformers.models.sam.modeling_sam import SamPositionalEmbedding, SamVisionAttention, SamVisionEncoder
 
+from rass.modeling.default_init import init_like_pytorch
 from rass.utils.errors import UserValueError
 
 __all__ = ["SamVariant", "SAM_VARIANTS", "sam_variant", "sam_config", "build_sam", "init_sam_weights",
@@ -184,20 +184,9 @@ def init_sam_weights(model: SamModel, generator: Optional[torch.Generator] = Non
         done.update(id(p) for p in params if p is not None)
 
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
-            if module.bias is not None:
-                fan_in = module.weight[0].numel()  # PyTorch's fan-in (dim 1 x kernel) for all three kinds
-                bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-                nn.init.uniform_(module.bias, -bound, bound, generator=generator)
-            mark(module.weight, module.bias)
-        elif isinstance(module, nn.LayerNorm):  # transformers' SamLayerNorm is one too
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-            mark(module.weight, module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, 0.0, 1.0, generator=generator)
-            mark(module.weight)
+        plain = init_like_pytorch(module, generator)
+        if plain:
+            mark(*plain)
         elif isinstance(module, SamPositionalEmbedding):
             if id(module.positional_embedding) not in done:  # tied: shared_image_embedding = prompt encoder's
                 nn.init.normal_(module.positional_embedding, 0.0, 1.0, generator=generator)

@@ -8,13 +8,14 @@ truncated-normal std 0.02 (`sam2_base.py`).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import nn
 from transformers import Sam2HieraDetModel
 from transformers.models.sam2.modeling_sam2 import Sam2PositionalEmbedding
+
+from rass.modeling.default_init import init_like_pytorch
 
 __all__ = ["init_sam2_weights"]
 
@@ -39,20 +40,9 @@ def init_sam2_weights(module: nn.Module, generator: Optional[torch.Generator] = 
         done.update(id(t) for t in tensors if t is not None)
 
     for name, sub in module.named_modules():
-        if isinstance(sub, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_uniform_(sub.weight, a=math.sqrt(5), generator=generator)
-            if sub.bias is not None:
-                fan_in = sub.weight[0].numel()  # PyTorch's fan-in (dim 1 x kernel) for the three kinds
-                bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-                nn.init.uniform_(sub.bias, -bound, bound, generator=generator)
-            mark(sub.weight, sub.bias)
-        elif isinstance(sub, nn.LayerNorm):
-            nn.init.ones_(sub.weight)
-            nn.init.zeros_(sub.bias)
-            mark(sub.weight, sub.bias)
-        elif isinstance(sub, nn.Embedding):
-            nn.init.normal_(sub.weight, 0.0, 1.0, generator=generator)
-            mark(sub.weight)
+        plain = init_like_pytorch(sub, generator)
+        if plain:
+            mark(*plain)
         elif isinstance(sub, Sam2PositionalEmbedding):
             nn.init.normal_(sub.positional_embedding, 0.0, float(sub.scale), generator=generator)
         elif isinstance(sub, Sam2HieraDetModel):
